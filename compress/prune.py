@@ -1,0 +1,193 @@
+"""Depth pruning by block influence (ShortGPT, Men et al. 2024, arXiv:2403.03853).
+
+A decoder layer that barely rotates its input hidden state is close to an identity map and
+can be dropped with little damage. Its *block influence* is
+
+    BI_i = 1 - mean over real (attention-masked) tokens of cos(h_in_i, h_out_i)
+
+measured on calibration texts. We score every layer once, then drop the lowest-BI layers one
+at a time until the model is small enough. No retraining happens here: a pruned student is
+meant to be healed by a short fine-tune afterwards.
+
+Works for Llama-family Hugging Face models (``model.model.layers`` is an ``nn.ModuleList``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+from student.manifest import dir_bytes, write_manifest
+from supertiny.errors import UserError
+
+# Texts per forward pass during calibration: small enough that the 31 hidden-state tensors of
+# a 135M model at 128 tokens stay well under a GB, large enough to keep the CPU busy.
+CALIBRATION_BATCH = 8
+
+
+class PruneConfig(BaseModel):
+    target_param_ratio: float = Field(
+        0.8,
+        description="Drop layers until total params <= this fraction of the original; in (0, 1].",
+    )
+    calibration_samples: int = Field(
+        64, description="How many calibration texts (from the start of the list) to score layers on; >= 1."
+    )
+    max_length: int = Field(128, description="Calibration texts are truncated to this many tokens; >= 2.")
+
+
+def count_params(module: nn.Module) -> int:
+    # parameters() yields a tied weight once, so the shared embedding/lm_head counts once.
+    return sum(p.numel() for p in module.parameters())
+
+
+def _decoder_layers(model: PreTrainedModel, model_dir: Path) -> nn.ModuleList:
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise UserError(
+            f"{model_dir}: {type(model).__name__} has no model.layers ModuleList; "
+            "depth pruning supports Llama-family decoder models only"
+        )
+    if getattr(model.config, "is_heterogeneous", False):
+        raise UserError(f"{model_dir}/config.json: per_layer_config models are not supported by depth pruning")
+    return layers
+
+
+@torch.inference_mode()
+def block_influence(model: PreTrainedModel, tokenizer: Any, texts: list[str], max_length: int) -> list[float]:
+    """BI score per decoder layer (higher = the layer changes its input more = more important)."""
+    num_layers = len(model.model.layers)
+    cos_sums = torch.zeros(num_layers, dtype=torch.float64)
+    token_count = 0
+
+    # hidden_states[-1] is normally replaced by the *post-final-norm* output, which would make
+    # the last layer's cosine compare across the RMSNorm weights. transformers 5 reads this
+    # config flag to hand back the raw output of the last layer instead; restore it afterwards
+    # so it never ends up in the saved config.
+    had_flag = "tie_last_hidden_states" in model.config.__dict__
+    old_flag = getattr(model.config, "tie_last_hidden_states", None)
+    model.config.tie_last_hidden_states = False
+    try:
+        for start in range(0, len(texts), CALIBRATION_BATCH):
+            batch = tokenizer(
+                texts[start : start + CALIBRATION_BATCH],
+                return_tensors="pt",
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+            )
+            out = model(**batch, output_hidden_states=True, use_cache=False)
+            hidden = out.hidden_states  # embeddings, then the output of each layer
+            if len(hidden) != num_layers + 1:
+                raise RuntimeError(f"expected {num_layers + 1} hidden states, got {len(hidden)}")
+            mask = batch["attention_mask"].bool()
+            for i in range(num_layers):
+                # float32 for the cosine: bf16 dot products over 500+ dims lose the small
+                # differences between near-identity layers that we are ranking.
+                cos = F.cosine_similarity(hidden[i].float(), hidden[i + 1].float(), dim=-1)
+                cos_sums[i] += cos[mask].double().sum()
+            token_count += int(mask.sum())
+    finally:
+        if had_flag:
+            model.config.tie_last_hidden_states = old_flag
+        else:
+            del model.config.tie_last_hidden_states
+    return [float(1.0 - s / token_count) for s in cos_sums]
+
+
+def remove_layers(model: PreTrainedModel, drop: set[int]) -> None:
+    """Delete decoder layers in place and fix everything that indexes layers by position."""
+    config = model.config
+    keep = [i for i in range(len(model.model.layers)) if i not in drop]
+    model.model.layers = nn.ModuleList(model.model.layers[i] for i in keep)
+    for new_idx, layer in enumerate(model.model.layers):
+        # The KV cache is a list indexed by attention.layer_idx; stale indices would point past
+        # the end of a cache sized from num_hidden_layers (or at another layer's keys).
+        if hasattr(layer, "self_attn") and hasattr(layer.self_attn, "layer_idx"):
+            layer.self_attn.layer_idx = new_idx
+        if hasattr(layer, "layer_idx"):
+            layer.layer_idx = new_idx
+    config.num_hidden_layers = len(keep)
+    # transformers 5 builds the cache (sliding vs full attention per layer) from layer_types,
+    # so it must stay one entry per remaining layer, in order.
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = [config.layer_types[i] for i in keep]
+
+
+def prune_depth(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    config: PruneConfig,
+    calibration_texts: list[str],
+) -> dict[str, Any]:
+    """Score layers by block influence, drop the least influential, save a loadable model dir."""
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    if not 0.0 < config.target_param_ratio <= 1.0:
+        raise UserError(f"target_param_ratio={config.target_param_ratio}: must be in (0, 1], e.g. 0.8")
+    # Range checks live here rather than in the pydantic model so every bad value surfaces as
+    # a one-line UserError, whether the config came from the CLI, a YAML file or Python.
+    if config.calibration_samples < 1:
+        raise UserError(f"calibration_samples={config.calibration_samples}: must be >= 1, e.g. 64")
+    if config.max_length < 2:
+        raise UserError(f"max_length={config.max_length}: must be >= 2 tokens, e.g. 128")
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"{model_dir}: not a model directory (no config.json); pass a saved model dir")
+    if out_dir.resolve() == model_dir.resolve():
+        raise UserError(f"{out_dir}: output dir is the input model dir; choose a new directory")
+    texts = [t for t in calibration_texts if t.strip()][: config.calibration_samples]
+    if not texts:
+        raise UserError("calibration_texts: empty; pass a few prompts the model will see (e.g. direct_prompt)")
+
+    # Setup: full-precision model in eval mode, a pad token for batched calibration.
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    layers = _decoder_layers(model, model_dir)
+    added_pad = tokenizer.pad_token is None
+    if added_pad:
+        tokenizer.pad_token = tokenizer.eos_token
+
+    # Score every layer once on the calibration set (ShortGPT does not re-score after removal).
+    scores = block_influence(model, tokenizer, texts, config.max_length)
+    if added_pad:
+        tokenizer.pad_token = None  # calibration-only; the saved tokenizer stays as it was
+
+    # Drop lowest-BI layers one at a time until the parameter budget is met, keeping >= 1.
+    params_before = count_params(model)
+    budget = config.target_param_ratio * params_before
+    params_after = params_before
+    drop: set[int] = set()
+    for i in sorted(range(len(layers)), key=lambda i: scores[i]):
+        if params_after <= budget or len(drop) == len(layers) - 1:
+            break
+        drop.add(i)
+        params_after -= count_params(layers[i])
+
+    remove_layers(model, drop)
+    assert count_params(model) == params_after
+
+    # Save: a plain HF model dir, so every later stage loads it like any pretrained model.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return write_manifest(
+        out_dir,
+        kind="pruned",
+        parent=str(model_dir),
+        method="block_influence_depth",
+        config=config.model_dump(),
+        calibration_texts=len(texts),
+        block_influence=scores,
+        removed_layers=sorted(drop),
+        num_layers_before=len(scores),
+        num_layers_after=len(scores) - len(drop),
+        params_before=params_before,
+        params_after=params_after,
+        target_met=params_after <= budget,
+        bytes=dir_bytes(out_dir),
+    )

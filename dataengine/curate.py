@@ -1,0 +1,45 @@
+"""Curation: score traces against gold, then keep the best verified trace per task."""
+from __future__ import annotations
+
+from typing import Any
+
+from dataengine.store import Store
+from dataengine.verify import SCORER, compare_calls
+
+
+def verify_traces(store: Store, *, domain: str, split: str) -> dict[str, int]:
+    """Score every trace of ``domain``/``split`` tasks that has gold; re-scoring is idempotent."""
+    tasks = {task.id: task for task in store.tasks(domain=domain, split=split)}
+    scores = []
+    for trace, _ in store.scored_traces(domain=domain, split=split, scorer=SCORER):
+        task = tasks.get(trace.task_id)
+        if task is None or task.gold is None:
+            continue
+        details = compare_calls(trace.final_call, task.gold)
+        scores.append((trace.id, SCORER, 1.0 if details["exact"] else 0.0, details))
+    store.set_scores(scores)
+    passed = sum(1 for s in scores if s[2] == 1.0)
+    return {"scored": len(scores), "passed": passed, "failed": len(scores) - passed}
+
+
+def best_of_n(store: Store, *, name: str, domain: str, split: str = "train", min_score: float = 1.0,
+              model: str | None = None) -> tuple[Any, dict[str, int]]:
+    """Rejection sampling: per task, among traces scoring >= ``min_score``, keep one — fewest
+    model calls, then fewest tokens, then the oldest. Tasks with no passing trace are dropped."""
+    best: dict[str, Any] = {}
+    seen_tasks: set[str] = set()
+    for trace, value in store.scored_traces(domain=domain, split=split, scorer=SCORER):
+        if model and trace.model != model:
+            continue
+        seen_tasks.add(trace.task_id)
+        if trace.status != "ok" or value is None or value < min_score:
+            continue
+        rank = (trace.model_calls, trace.prompt_tokens + trace.completion_tokens, trace.id)
+        current = best.get(trace.task_id)
+        if current is None or rank < (current.model_calls, current.prompt_tokens + current.completion_tokens, current.id):
+            best[trace.task_id] = trace
+    chosen = [best[task_id] for task_id in sorted(best)]
+    spec = {"method": "best_of_n", "split": split, "scorer": SCORER, "min_score": min_score, "model": model,
+            "tie_break": ["model_calls", "tokens", "id"]}
+    dataset = store.create_dataset(name, domain, spec, chosen)
+    return dataset, {"tasks": len(seen_tasks), "kept": len(chosen), "dropped": len(seen_tasks) - len(chosen)}

@@ -1,0 +1,44 @@
+"""Dataset export: OpenAI chat JSONL (with tool calls), and the student's direct-mode pairs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from dataengine.store import Store
+from student.format import direct_completion, direct_prompt
+from tools.registry import get_domain
+
+
+def chat_records(store: Store, ref: str) -> list[dict[str, Any]]:
+    """One OpenAI fine-tuning record per dataset item: messages ending with the assistant's
+    action call, the tool schemas, and where it came from."""
+    dataset = store.dataset(ref)
+    domain = get_domain(dataset.domain)
+    tools = [convert_to_openai_tool(t) for t in domain.tools + domain.actions]
+    records = []
+    for trace, task in store.dataset_items(dataset.id):
+        messages = list(trace.messages)
+        while messages and messages[-1]["role"] == "tool":  # the action's own "done" is not training signal
+            messages.pop()
+        records.append({"messages": messages, "tools": tools, "metadata": {
+            "dataset": f"{dataset.name}@{dataset.version}", "trace_id": trace.id, "task_id": trace.task_id}})
+    return records
+
+
+def direct_examples(store: Store, ref: str) -> list[dict[str, str]]:
+    """Direct-mode pairs for the student: the request and context -> the teacher's final call."""
+    dataset = store.dataset(ref)
+    return [{"prompt": direct_prompt(trace.input, trace.context), "completion": direct_completion(trace.final_call)}
+            for trace, _ in store.dataset_items(dataset.id) if trace.final_call]
+
+
+def write_jsonl(records: list[dict[str, Any]], out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("w", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    return out

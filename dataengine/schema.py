@@ -1,0 +1,168 @@
+"""SQLModel classes for the tables created in ``migrations.py`` (the DDL there is the truth;
+a test checks these classes and the migrated database agree column for column)."""
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any, Optional
+
+from sqlalchemy import JSON, Column
+from sqlmodel import Field, SQLModel
+
+
+def utcnow() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _json(nullable: bool = False) -> Any:
+    return Field(default=None if nullable else {}, sa_column=Column(JSON, nullable=nullable))
+
+
+class TaskRow(SQLModel, table=True):
+    __tablename__ = "tasks"
+    id: str = Field(primary_key=True)
+    domain: str
+    split: str
+    slice: Optional[str] = None
+    input: str
+    context: dict = _json()
+    gold: Optional[dict] = _json(nullable=True)
+    meta: dict = _json()
+    created_at: str = Field(default_factory=utcnow)
+
+
+class JobRow(SQLModel, table=True):
+    __tablename__ = "jobs"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    key: str
+    kind: str
+    domain: str
+    split: str
+    model: str
+    samples: int
+    temperature: float
+    seed: int
+    config: dict = _json()
+    status: str = "running"
+    created_at: str = Field(default_factory=utcnow)
+    updated_at: str = Field(default_factory=utcnow)
+
+
+class TraceRow(SQLModel, table=True):
+    __tablename__ = "traces"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    task_id: Optional[str] = None
+    job_id: Optional[int] = None
+    sample_index: int = 0
+    domain: str
+    model: str
+    input: str
+    context: dict = _json()
+    messages: list = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
+    final_call: Optional[dict] = _json(nullable=True)
+    status: str
+    error: Optional[str] = None
+    latency_ms: float
+    prompt_tokens: int
+    completion_tokens: int
+    model_calls: int
+    label: Optional[str] = None
+    note: Optional[str] = None
+    created_at: str = Field(default_factory=utcnow)
+
+
+class ModelCallRow(SQLModel, table=True):
+    __tablename__ = "model_calls"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    trace_id: int
+    step: int
+    prompt_tokens: int
+    completion_tokens: int
+    latency_ms: Optional[float] = None
+    finish_reason: Optional[str] = None
+
+
+class ToolCallRow(SQLModel, table=True):
+    __tablename__ = "tool_calls"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    trace_id: int
+    step: int
+    position: int
+    name: str
+    args: Optional[Any] = Field(default=None, sa_column=Column(JSON))
+    result: Optional[Any] = Field(default=None, sa_column=Column(JSON))
+    error: Optional[str] = None
+    latency_ms: float
+
+
+class ScoreRow(SQLModel, table=True):
+    __tablename__ = "scores"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    trace_id: int
+    scorer: str
+    value: float
+    details: dict = _json()
+    created_at: str = Field(default_factory=utcnow)
+
+
+class DatasetRow(SQLModel, table=True):
+    __tablename__ = "datasets"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str
+    version: int
+    domain: str
+    spec: dict = _json()
+    created_at: str = Field(default_factory=utcnow)
+
+
+class DatasetItemRow(SQLModel, table=True):
+    __tablename__ = "dataset_items"
+    dataset_id: int = Field(primary_key=True)
+    position: int = Field(primary_key=True)
+    trace_id: int
+    task_id: Optional[str] = None
+
+
+class ModelRow(SQLModel, table=True):
+    __tablename__ = "models"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    name: str
+    kind: str
+    path: str
+    parent_id: Optional[int] = None
+    dataset_id: Optional[int] = None
+    config: dict = _json()
+    params: Optional[int] = None
+    bytes: Optional[int] = None
+    created_at: str = Field(default_factory=utcnow)
+
+
+class EvaluationRow(SQLModel, table=True):
+    __tablename__ = "evaluations"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    run_id: str
+    model_label: str
+    model_spec: str
+    model_id: Optional[int] = None
+    split: str
+    slice: str
+    n: int
+    exact_match: float
+    name_accuracy: float
+    arg_f1: float
+    latency_ms_median: float
+    tokens_per_request: float
+    calls_per_request: float
+    created_at: str = Field(default_factory=utcnow)
+
+
+class PredictionRow(SQLModel, table=True):
+    __tablename__ = "predictions"
+    id: Optional[int] = Field(default=None, primary_key=True)
+    evaluation_run: str
+    model_label: str
+    task_id: str
+    prediction: Optional[dict] = _json(nullable=True)
+    exact: int
+    latency_ms: float
+    tokens: int
+    model_calls: int

@@ -1,0 +1,113 @@
+"""``supertiny eval``: teacher, base, student and compressed student on the same tasks.
+
+Every model is graded by the same verifier (``dataengine.verify.compare_calls``). Per model
+and per slice (all, and the test split's seen/novel slices) we report exact match, function
+name accuracy, argument F1, median latency per request, prompt+completion tokens per request
+and model calls per request.
+"""
+from __future__ import annotations
+
+import statistics
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from agent.backends import make_chat_model
+from agent.run import run_request
+from dataengine.schema import EvaluationRow, PredictionRow, TaskRow
+from dataengine.store import Store
+from dataengine.verify import compare_calls
+from tools.registry import get_domain
+
+
+@dataclass
+class Prediction:
+    task_id: str
+    call: dict[str, Any] | None
+    latency_ms: float
+    tokens: int
+    model_calls: int
+
+
+def predict_with_teacher(tasks: list[TaskRow], model_spec: str, *, domain: str, base_url: str | None = None,
+                         api_key: str | None = None, on_step: Callable[[], None] | None = None) -> list[Prediction]:
+    """The teacher answers greedily (temperature 0), with its tools, one request at a time."""
+    teacher_domain = get_domain(domain)
+    model = make_chat_model(model_spec, domain=domain, temperature=0.0, base_url=base_url, api_key=api_key)
+    out = []
+    for task in tasks:
+        result = run_request(teacher_domain, model, task.input, task.context)
+        out.append(Prediction(task.id, result.final_call, result.latency_ms,
+                              result.prompt_tokens + result.completion_tokens, result.model_calls))
+        if on_step:
+            on_step()
+    return out
+
+
+def predict_with_student(tasks: list[TaskRow], model_path: str,
+                         on_step: Callable[[], None] | None = None) -> list[Prediction]:
+    """A direct-mode student: one short prompt in, one call out, no tools."""
+    from student.generate import DirectStudent
+
+    student = DirectStudent(model_path)
+    out = []
+    for task in tasks:
+        p = student.predict(task.input, task.context)
+        out.append(Prediction(task.id, p.call, p.latency_ms, p.prompt_tokens + p.completion_tokens, 1))
+        if on_step:
+            on_step()
+    return out
+
+
+def summarize(run_id: str, label: str, spec: str, model_id: int | None, split: str, tasks: list[TaskRow],
+              predictions: list[Prediction]) -> tuple[list[EvaluationRow], list[PredictionRow]]:
+    by_id = {task.id: task for task in tasks}
+    graded = [(p, compare_calls(p.call, by_id[p.task_id].gold)) for p in predictions]
+    slices = {"all": graded}
+    for name in sorted({t.slice for t in tasks if t.slice}):
+        slices[name] = [(p, g) for p, g in graded if by_id[p.task_id].slice == name]
+    rows = []
+    for name, items in slices.items():
+        if not items:
+            continue
+        n = len(items)
+        rows.append(EvaluationRow(
+            run_id=run_id, model_label=label, model_spec=spec, model_id=model_id, split=split, slice=name, n=n,
+            exact_match=sum(g["exact"] for _, g in items) / n,
+            name_accuracy=sum(g["name_match"] for _, g in items) / n,
+            arg_f1=sum(g["arg_f1"] for _, g in items) / n,
+            latency_ms_median=statistics.median(p.latency_ms for p, _ in items),
+            tokens_per_request=sum(p.tokens for p, _ in items) / n,
+            calls_per_request=sum(p.model_calls for p, _ in items) / n,
+        ))
+    preds = [PredictionRow(evaluation_run=run_id, model_label=label, task_id=p.task_id, prediction=p.call,
+                           exact=int(g["exact"]), latency_ms=p.latency_ms, tokens=p.tokens, model_calls=p.model_calls)
+             for p, g in graded]
+    return rows, preds
+
+
+def run_eval(store: Store, *, domain: str, split: str, teacher: str | None, students: list[tuple[str, str]],
+             limit: int | None = None, base_url: str | None = None, api_key: str | None = None,
+             on_model: Callable[[str, int], Callable[[], None] | None] | None = None) -> tuple[str, list[EvaluationRow]]:
+    """Evaluate the teacher spec and each ``(label, model_dir)``; store and return the rows."""
+    tasks = [t for t in store.tasks(domain=domain, split=split, limit=limit) if t.gold is not None]
+    if not tasks:
+        from supertiny.errors import UserError
+
+        raise UserError(f"no {split} tasks with gold for domain {domain!r}: run `supertiny tasks generate` first")
+    run_id = uuid.uuid4().hex[:12]
+    rows: list[EvaluationRow] = []
+    if teacher:
+        step = on_model("teacher", len(tasks)) if on_model else None
+        preds = predict_with_teacher(tasks, teacher, domain=domain, base_url=base_url, api_key=api_key, on_step=step)
+        r, p = summarize(run_id, "teacher", teacher, None, split, tasks, preds)
+        store.add_evaluation(r, p)
+        rows += r
+    for label, path in students:
+        step = on_model(label, len(tasks)) if on_model else None
+        preds = predict_with_student(tasks, path, on_step=step)
+        model = store.model_by_path(str(path))
+        r, p = summarize(run_id, label, str(path), model.id if model else None, split, tasks, preds)
+        store.add_evaluation(r, p)
+        rows += r
+    return run_id, rows

@@ -1,0 +1,108 @@
+"""Run a trained student: utterance + context -> one parsed call, with latency and token counts.
+
+The prompt is tokenized exactly as TRL's SFTTrainer tokenized it in training: ``tokenizer(prompt)``
+with the tokenizer's default special tokens (a BOS only if that tokenizer adds one by default),
+so the model sees at inference the same token sequence it was trained to continue.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+
+from supertiny.errors import UserError
+from student.format import direct_prompt, parse_call
+from student.manifest import read_manifest
+
+
+def load_model(path: str | Path) -> tuple[Any, Any]:
+    """(model, tokenizer) from a model directory, in eval mode; quantized dirs go through compress."""
+    model_dir = Path(path)
+    if not model_dir.is_dir():
+        raise UserError(f"model path not found: {path} (give a directory written by 'supertiny train' or 'compress')")
+    if read_manifest(model_dir).get("kind") == "quantized":
+        # Lazy: compress pulls in quantization code that plain students never need.
+        from compress.quantize import load_quantized
+
+        model, tokenizer = load_quantized(model_dir)
+    else:
+        if not (model_dir / "config.json").is_file():
+            raise UserError(f"not a model directory (no config.json): {path}")
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    return model, tokenizer
+
+
+@dataclass
+class Prediction:
+    call: dict[str, Any] | None  # parsed call, None when the output is not a call
+    raw: str  # the generated text, first line only
+    latency_ms: float  # tokenize + generate + decode
+    prompt_tokens: int
+    completion_tokens: int  # tokens generated, including a final EOS
+
+
+class _StopAtNewline(StoppingCriteria):
+    """A direct-mode completion is one line: stop as soon as the new text contains a newline.
+
+    Decoding the new tokens (rather than matching a token id) works for any tokenizer, where
+    "\\n" may be its own token, merged with others, or split across byte tokens.
+    """
+
+    def __init__(self, tokenizer: Any, prompt_len: int):
+        self.tokenizer = tokenizer
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: Any) -> torch.BoolTensor:
+        new_text = self.tokenizer.batch_decode(input_ids[:, self.prompt_len :], skip_special_tokens=True)
+        return torch.tensor(["\n" in text for text in new_text], dtype=torch.bool, device=input_ids.device)
+
+
+class DirectStudent:
+    """A loaded student model answering direct-mode prompts with greedy decoding."""
+
+    def __init__(self, path: str | Path, max_new_tokens: int = 64):
+        self.path = Path(path)
+        self.max_new_tokens = max_new_tokens
+        self.model, self.tokenizer = load_model(self.path)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+
+    def predict(self, text: str, context: dict[str, Any] | None) -> Prediction:
+        start = time.perf_counter()
+        prompt = direct_prompt(text, context)
+        # Same call as TRL's training-time tokenization (default add_special_tokens).
+        inputs = self.tokenizer(prompt, return_tensors="pt")
+        prompt_len = inputs["input_ids"].shape[1]
+        with torch.inference_mode():
+            output = self.model.generate(
+                **inputs,
+                max_new_tokens=self.max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+                stopping_criteria=StoppingCriteriaList([_StopAtNewline(self.tokenizer, prompt_len)]),
+            )
+        new_tokens = output[0, prompt_len:]
+        raw = self.tokenizer.decode(new_tokens, skip_special_tokens=True).split("\n", 1)[0]
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        return Prediction(
+            call=parse_call(raw),
+            raw=raw,
+            latency_ms=latency_ms,
+            prompt_tokens=int(prompt_len),
+            completion_tokens=int(new_tokens.shape[0]),
+        )
+
+    def predict_many(self, items: Iterable[tuple[str, dict[str, Any] | None] | dict[str, Any]]) -> list[Prediction]:
+        """``items``: (text, context) pairs or dicts with "text" and "context"; one generation each, in order."""
+        predictions = []
+        for item in items:
+            text, context = (item["text"], item.get("context")) if isinstance(item, dict) else item
+            predictions.append(self.predict(text, context))
+        return predictions
