@@ -1,0 +1,121 @@
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+from tokenizers.processors import TemplateProcessing
+from transformers import AutoModelForCausalLM, AutoTokenizer
+from trl import SFTConfig, SFTTrainer
+
+from student.format import direct_completion, direct_prompt
+from student.generate import DirectStudent, Prediction, load_model
+from student.tiny import build_tiny_model
+from student.train import SFTRunConfig, train_student
+from supertiny.errors import UserError
+
+CONTEXT = {"now": "2026-03-14T09:30", "weekday": "Saturday"}
+STOP = {"name": "stop_all", "arguments": {}}
+PLAY = {"name": "play_music", "arguments": {"room": "living", "volume": 4}}
+# The second line after the call must never come back: a direct-mode answer is one line.
+EXAMPLES = [
+    {"prompt": direct_prompt("stop everything", CONTEXT), "completion": direct_completion(STOP) + "\nJUNK JUNK JUNK"},
+    {"prompt": direct_prompt("play music in the living room", CONTEXT), "completion": direct_completion(PLAY)},
+] * 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Tiny models are all synchronisation overhead: with 2 threads on a busy 2-core machine a
+    # 5 s training run takes minutes. One thread keeps the suite fast and its timing stable.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny_base(directory: Path) -> Path:
+    return build_tiny_model(directory, [ex["prompt"] + ex["completion"] for ex in EXAMPLES])
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("gen")
+    config = SFTRunConfig(
+        base_model=str(tiny_base(root / "base")), output_dir=str(root / "student"), learning_rate=3e-3,
+        max_steps=120, warmup_ratio=0.0,
+    )
+    return train_student(EXAMPLES, config)
+
+
+def test_generation_stops_at_the_end_of_the_first_line(trained):
+    student = DirectStudent(trained, max_new_tokens=40)
+    prediction = student.predict("stop everything", CONTEXT)
+    assert prediction.call == STOP
+    assert prediction.raw == direct_completion(STOP)
+    # Stopped on the newline itself, not after generating the junk line.
+    assert prediction.completion_tokens <= len(student.tokenizer(direct_completion(STOP) + "\n")["input_ids"])
+
+
+def test_prediction_fields(trained):
+    student = DirectStudent(trained)
+    prediction = student.predict("play music in the living room", CONTEXT)
+    assert isinstance(prediction, Prediction)
+    assert prediction.call == PLAY
+    assert prediction.prompt_tokens == len(student.tokenizer(direct_prompt("play music in the living room", CONTEXT))["input_ids"])
+    # The call's tokens plus the EOS that ended generation.
+    assert prediction.completion_tokens == len(student.tokenizer(direct_completion(PLAY))["input_ids"]) + 1
+    assert prediction.latency_ms > 0
+
+
+def test_predict_many_keeps_order_and_accepts_pairs_or_dicts(trained):
+    student = DirectStudent(trained)
+    predictions = student.predict_many(
+        [("play music in the living room", CONTEXT), {"text": "stop everything", "context": CONTEXT}]
+    )
+    assert [p.call for p in predictions] == [PLAY, STOP]
+
+
+def test_untrained_model_output_is_bounded_and_parsed_or_none(tmp_path):
+    student = DirectStudent(tiny_base(tmp_path / "base"), max_new_tokens=6)
+    prediction = student.predict("stop everything", CONTEXT)
+    assert prediction.completion_tokens <= 6
+    assert "\n" not in prediction.raw
+    assert prediction.call is None or isinstance(prediction.call, dict)
+
+
+def test_prompt_tokens_match_what_sft_trainer_trained_on(tmp_path):
+    # A tokenizer that adds BOS by default: TRL tokenizes prompt+completion with the default
+    # special tokens, so the student must add the same BOS at inference, and only once.
+    base = tiny_base(tmp_path / "base")
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    bos = tokenizer.bos_token_id
+    tokenizer._tokenizer.post_processor = TemplateProcessing(
+        single="<|bos|> $A", pair="<|bos|> $A <|bos|> $B", special_tokens=[("<|bos|>", bos)]
+    )
+    tokenizer.save_pretrained(base)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+
+    trainer = SFTTrainer(
+        model=AutoModelForCausalLM.from_pretrained(base),
+        args=SFTConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, report_to="none", max_length=128),
+        train_dataset=Dataset.from_list(EXAMPLES[1:2]),
+        processing_class=tokenizer,
+    )
+    row = trainer.train_dataset[0]
+    prompt_len = row["labels"].index(next(label for label in row["labels"] if label != -100))
+    trained_prompt_ids = row["input_ids"][:prompt_len]
+    assert trained_prompt_ids[0] == bos and trained_prompt_ids.count(bos) == 1
+
+    student = DirectStudent(base, max_new_tokens=2)
+    prompt = EXAMPLES[1]["prompt"]
+    assert student.tokenizer(prompt)["input_ids"] == trained_prompt_ids
+    assert student.predict("play music in the living room", CONTEXT).prompt_tokens == len(trained_prompt_ids)
+
+
+def test_missing_model_path_is_a_user_error(tmp_path):
+    with pytest.raises(UserError, match="model path not found"):
+        load_model(tmp_path / "nope")
+    with pytest.raises(UserError, match="model path not found"):
+        DirectStudent(str(tmp_path / "nope"))
+    with pytest.raises(UserError, match="no config.json"):
+        load_model(tmp_path)
