@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 from sqlalchemy import create_engine, event, func
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DatabaseError, IntegrityError
 from sqlmodel import Session, select
 
 from dataengine.migrations import migrate
@@ -59,8 +59,11 @@ class Store:
             cursor.execute("PRAGMA busy_timeout=30000")
             cursor.close()
 
-        with self.engine.begin() as connection:
-            migrate(connection)
+        try:
+            with self.engine.begin() as connection:
+                migrate(connection)
+        except DatabaseError as exc:
+            raise UserError(f"{self.path}: not a SQLite database ({exc.orig}); pass another --db") from None
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
