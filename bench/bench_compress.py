@@ -3,9 +3,10 @@
     python bench/bench_compress.py                      # SmolLM2-135M-Instruct, ratio 0.8
     python bench/bench_compress.py --model-dir DIR --ratio 0.7 --repeats 5
 
-Measures, on the same prompts in one process: parameters, bytes on disk, median wall time of
-a greedy generation of exactly N new tokens (batch 1, KV cache on, prefill included), tokens/s,
-and how many generated tokens still agree with the original model. Prints ratios against the
+Measures, on the same prompts in one process with the variants taking turns: parameters,
+bytes on disk, median wall time of a greedy generation of exactly N new tokens (batch 1, KV
+cache on, prefill included), tokens/s, and how closely each variant still follows the original
+(next-token agreement under teacher forcing, and the greedy-generation prefix it shares). Prints ratios against the
 original. It is a measurement, not a test: nothing here asserts on time.
 
 Without --model-dir it builds (once) a plain fp32 copy of SmolLM2-135M-Instruct from the GGUF
@@ -26,6 +27,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers.utils import logging as hf_logging
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
@@ -90,22 +92,43 @@ def smollm2_plain_copy(cache_dir: Path) -> Path:
     return out
 
 
-def time_generation(model, tokenizer, prompts: list[str], new_tokens: int, repeats: int) -> tuple[list[float], list[list[int]]]:
-    """Wall seconds per greedy generation of exactly new_tokens, and the tokens generated."""
+def generation_kwargs(tokenizer, new_tokens: int) -> dict:
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id)
-    encoded = [tokenizer([p], return_tensors="pt") for p in prompts]
-    times: list[float] = []
-    outputs: list[list[int]] = []
-    with torch.inference_mode():
-        model.generate(**encoded[0], **kwargs)  # warm-up: lazy imports, kernel selection
-        for batch in encoded:
-            for _ in range(repeats):
+    # min_new_tokens: every variant does exactly the same amount of work, EOS or not.
+    return dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_id)
+
+
+@torch.inference_mode()
+def time_interleaved(models: dict, prompts: list[str], new_tokens: int, repeats: int) -> tuple[dict, dict]:
+    """Wall seconds per greedy generation, per variant, and each variant's generated tokens.
+
+    Variants take turns prompt by prompt rather than running one after the other, so a burst
+    of load from anything else on the machine slows all of them alike instead of one row.
+    """
+    times: dict[str, list[float]] = {name: [] for name in models}
+    outputs: dict[str, list[list[int]]] = {name: [] for name in models}
+    for name, (model, tokenizer) in models.items():
+        model.generate(**tokenizer([prompts[0]], return_tensors="pt"), **generation_kwargs(tokenizer, 4))  # warm-up
+    for rep in range(repeats):
+        for prompt in prompts:
+            for name, (model, tokenizer) in models.items():
+                batch = tokenizer([prompt], return_tensors="pt")
                 start = time.perf_counter()
-                out = model.generate(**batch, **kwargs)
-                times.append(time.perf_counter() - start)
-            outputs.append(out[0, batch["input_ids"].shape[1] :].tolist())
+                out = model.generate(**batch, **generation_kwargs(tokenizer, new_tokens))
+                times[name].append(time.perf_counter() - start)
+                if rep == 0:
+                    outputs[name].append(out[0, batch["input_ids"].shape[1] :].tolist())
     return times, outputs
+
+
+@torch.inference_mode()
+def next_token_predictions(model, tokenizer, texts: list[str]) -> torch.Tensor:
+    """Greedy next-token prediction at every real token of every text (teacher forcing)."""
+    preds = []
+    for text in texts:  # one at a time: no padding, so positions line up across variants
+        batch = tokenizer([text], return_tensors="pt")
+        preds.append(model(**batch).logits[0].argmax(-1))
+    return torch.cat(preds)
 
 
 def agreement(ref: list[list[int]], got: list[list[int]]) -> float:
@@ -124,8 +147,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--prompts", type=int, default=4, help="distinct prompts timed")
     parser.add_argument("--repeats", type=int, default=3, help="timed generations per prompt")
+    parser.add_argument("--fidelity-texts", type=int, default=32, help="texts for next-token agreement")
     parser.add_argument("--work-dir", type=Path, help="where compressed dirs go (default: $SUPERTINY_CACHE/bench)")
     args = parser.parse_args()
+    hf_logging.disable_progress_bar()  # per-save/load bars would bury the table
 
     # Config -> setup.
     cache = Path(os.environ.get("SUPERTINY_CACHE", "/tmp/supertiny_cache"))
@@ -148,46 +173,66 @@ def main() -> None:
         f"{pruned['removed_layers']} in {prune_s:.1f}s; quantized in {quant_s:.1f}s each"
     )
 
-    # Measure every variant on the same prompts, one after the other in this process.
+    # Load every variant, then measure them on the same prompts, taking turns.
     variants = {
         "original": model_dir,
         f"pruned {args.ratio}": work / "pruned",
         "int8": work / "int8",
         f"pruned {args.ratio} + int8": work / "pruned-int8",
     }
-    rows = []
+    models, params = {}, {}
     for name, path in variants.items():
         if (path / "quantized_state_dict.pt").is_file():
-            model, tokenizer = load_quantized(path)
-            params = read_manifest(path)["params"]
+            models[name] = load_quantized(path)
+            params[name] = read_manifest(path)["params"]
         else:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            params = count_params(model)
-        times, outputs = time_generation(model, tokenizer, prompts, args.new_tokens, args.repeats)
-        latency = statistics.median(times)
-        rows.append(
-            dict(name=name, params=params, bytes=dir_bytes(path), latency=latency, outputs=outputs,
-                 sample=tokenizer.decode(outputs[0], skip_special_tokens=True))
+            models[name] = (model, AutoTokenizer.from_pretrained(path))
+            params[name] = count_params(model)
+    load_before = os.getloadavg()[0]
+    times, outputs = time_interleaved(models, prompts, args.new_tokens, args.repeats)
+    load_after = os.getloadavg()[0]
+    top1 = {name: next_token_predictions(m, t, texts[: args.fidelity_texts]) for name, (m, t) in models.items()}
+    rows = [
+        dict(
+            name=name,
+            params=params[name],
+            bytes=dir_bytes(path),
+            latency=statistics.median(times[name]),
+            outputs=outputs[name],
+            top1=(top1[name] == top1["original"]).float().mean().item(),
+            sample=models[name][1].decode(outputs[name][0], skip_special_tokens=True),
         )
-        del model
+        for name, path in variants.items()
+    ]
 
     # Report.
     base = rows[0]
     table = Table(title=f"{model_dir.name}: {args.new_tokens} new tokens, batch 1, {torch.get_num_threads()} threads, "
                         f"median of {args.prompts}x{args.repeats}")
     for col in ("variant", "params", "MB on disk", "latency s", "tok/s", "params x", "bytes x", "latency x",
-                "speedup", "agree w/ orig"):
+                "speedup", "top-1 = orig", "gen = orig"):
         table.add_column(col, justify="left" if col == "variant" else "right")
     for r in rows:
         table.add_row(
             r["name"], f"{r['params'] / 1e6:.1f}M", f"{r['bytes'] / 1e6:.1f}", f"{r['latency']:.3f}",
             f"{args.new_tokens / r['latency']:.1f}", f"{r['params'] / base['params']:.2f}x",
             f"{r['bytes'] / base['bytes']:.2f}x", f"{r['latency'] / base['latency']:.2f}x",
-            f"{base['latency'] / r['latency']:.2f}x", f"{agreement(base['outputs'], r['outputs']):.0%}",
+            f"{base['latency'] / r['latency']:.2f}x", f"{r['top1']:.0%}", f"{agreement(base['outputs'], r['outputs']):.0%}",
         )
-    console = Console(width=140)
+    console = Console(width=160)
     console.print(table)
+    console.print(
+        "top-1 = orig: next-token argmax equal to the original's, teacher-forced on "
+        f"{args.fidelity_texts} prompts; gen = orig: share of the {args.new_tokens} greedy tokens before "
+        "the first divergence from the original."
+    )
+    cores = os.cpu_count() or 1
+    if max(load_before, load_after) > cores:
+        console.print(
+            f"[yellow]load average {load_before:.1f} -> {load_after:.1f} on {cores} cores: other processes "
+            "were competing for the CPU; absolute times are inflated, ratios less so.[/yellow]"
+        )
     for r in rows[1:]:
         console.print(f"{r['name']}/original: latency {r['latency'] / base['latency']:.2f}x, "
                       f"bytes {r['bytes'] / base['bytes']:.2f}x, params {r['params'] / base['params']:.2f}x")
