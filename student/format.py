@@ -59,6 +59,8 @@ def parse_call(text: str) -> dict[str, Any] | None:
         try:
             arguments[key] = json.loads(raw)
         except json.JSONDecodeError:
+            if raw.startswith('"'):
+                return None  # an unterminated string: not a call
             arguments[key] = raw  # an unquoted word: keep it, the verifier decides
         pos = arg.end()
     return {"name": name, "arguments": arguments}

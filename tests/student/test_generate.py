@@ -112,6 +112,17 @@ def test_prompt_tokens_match_what_sft_trainer_trained_on(tmp_path):
     assert student.predict("play music in the living room", CONTEXT).prompt_tokens == len(trained_prompt_ids)
 
 
+def test_quantized_dir_is_loaded_through_compress(trained, tmp_path):
+    from compress.quantize import quantize_int8
+
+    quantize_int8(trained, tmp_path / "q")
+    student = DirectStudent(tmp_path / "q")
+    # The int8 Linears are there: it was not loaded as a plain float model.
+    assert any("quantized" in type(module).__module__ for module in student.model.modules())
+    prediction = student.predict("play music in the living room", CONTEXT)
+    assert prediction.completion_tokens <= student.max_new_tokens and "\n" not in prediction.raw
+
+
 def test_missing_model_path_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="model path not found"):
         load_model(tmp_path / "nope")
