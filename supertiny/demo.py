@@ -26,7 +26,7 @@ class DemoConfig:
     samples: int = 4
     temperature: float = 0.7
     base: str = "smollm2-135m"  # or "tiny": built from a config, for --quick
-    epochs: float = 3.0
+    epochs: float = 2.0
     max_steps: int = -1
     learning_rate: float = 1e-4
     batch_size: int = 8
