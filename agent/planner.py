@@ -27,7 +27,8 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 from tools.home.catalog import DEVICE_WORDS
 
 FILLERS = ["hey assistant", "hey", "ok", "please", "could you", "can you", "thanks", "now", "for me"]
-PLAY_WORDS = ["can you queue up", "queue up", "i want to hear", "let's listen to", "listen to", "put on",
+PLAY_WORDS = ["can you queue up", "queue up", "i want to hear", "i wanna hear", "let me hear", "let's listen to",
+              "i want to listen to", "listen to", "start playing", "put on", "the track", "something",
               "throw on", "play", "start", "shuffle", "blast", "the song", "songs by", "music by", "some"]
 ADD_WORDS = ["add", "save", "put", "stick", "include"]
 ALARM_WORDS = ["set an alarm", "set alarm", "set", "an alarm", "alarm", "wake me up", "wake me",
@@ -98,7 +99,7 @@ class HomePlannerChatModel(BaseChatModel):
         scores = {
             "set_timer": 3.0 * has("timer", "countdown"),
             "set_alarm": 3.0 * has("alarm", "wake", "awake", "get me up"),
-            "get_weather": 3.0 * has("weather", "forecast") + 2.0 * has("rain", "umbrella", "sunny", "snow"),
+            "get_weather": 3.0 * has("weather", "forecast") + 2.0 * has("rain", "umbrella", "sunny", "snow", "cold", "warm"),
             "add_to_playlist": 3.0 * has(*ADD_WORDS) * has("to", "in", "on", "into") * (not text.startswith("put on")),
             "control_device": 2.0 * has(*DEVICE_VOCAB) + 1.0 * has("turn", "switch", "power", "dim", "set", "adjust"),
             "play_music": 2.0 * has("play", "listen", "hear", "queue", "shuffle", "blast", "playlist") + 0.5,

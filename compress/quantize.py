@@ -1,7 +1,7 @@
 """int8 dynamic quantization of the decoder's Linear layers, for fast CPU inference.
 
-Weights are stored as int8 (one scale per tensor); activations are quantized on the fly per
-batch, so no calibration data is needed. Uses ``torch.ao.quantization.quantize_dynamic``: it
+Weights are stored as int8 with one scale per output channel; activations are quantized on the
+fly per call (one scale per tensor), so no calibration data is needed. Uses ``torch.ao.quantization.quantize_dynamic``: it
 is deprecated in favour of torchao, but it ships with torch, needs no extra package, and on
 our 2-core CPU it makes greedy generation roughly 3x faster than fp32.
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
+from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from compress.prune import count_params
@@ -25,6 +25,7 @@ from student.manifest import dir_bytes, write_manifest
 from supertiny.errors import UserError
 
 STATE_DICT_NAME = "quantized_state_dict.pt"
+FLOAT_LINEARS = ("mlp.down_proj",)  # kept in float: see quantize_linears
 
 
 def quantize_linears(model: PreTrainedModel) -> PreTrainedModel:
@@ -35,11 +36,18 @@ def quantize_linears(model: PreTrainedModel) -> PreTrainedModel:
     *bigger* (fp32 embedding + int8 head instead of one shared matrix), and the single
     per-tensor scale over a 49k-row vocab matrix costs the most logit precision of any layer.
     Keeping it float keeps the tie, so load_state_dict refills both names from one tensor.
+
+    The MLP ``down_proj`` layers stay float too. Their input (the gated MLP activation) has
+    outliers in the thousands in SmolLM2, and one int8 scale per activation tensor then rounds
+    every ordinary value to zero. Measured on the demo student (60 test tasks, exact match):
+    fp32 28.3%, every Linear int8 per-tensor 18.3%, per-channel 21.7%, per-channel with
+    down_proj float 26.7% -- at 1.8x the fp32 speed.
     """
     spec = {
-        name: default_dynamic_qconfig
+        name: per_channel_dynamic_qconfig
         for name, module in model.named_modules()
         if isinstance(module, nn.Linear) and module is not model.get_output_embeddings()
+        and not name.endswith(FLOAT_LINEARS)
     }
     # torch 2.13 warns on every call that torch.ao.quantization is deprecated (and that
     # quantized tensor dtypes are): the API still works and is what we want until torchao is a
@@ -78,7 +86,7 @@ def quantize_int8(model_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
         kind="quantized",
         parent=str(model_dir),
         method="torch_dynamic_int8",
-        quantized_modules="all nn.Linear except lm_head (tied to embeddings)",
+        quantized_modules="every decoder nn.Linear except mlp.down_proj (activation outliers); lm_head tied, float",
         params=params,
         bytes=dir_bytes(out_dir),
     )

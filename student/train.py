@@ -172,6 +172,7 @@ def train_student(examples: list[dict[str, str]], config: SFTRunConfig, lineage:
         # Fold the adapters into the weights: compression and generation expect a plain model.
         trained = trained.merge_and_unload()
     trained.eval()
+    trained.config.use_cache = True  # TRL turns the KV cache off for training; inference wants it
     trained.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
 

@@ -261,6 +261,20 @@ def compress_prune(model_dir: Path, out: Annotated[Path, typer.Option()], ratio:
     emit([row.model_dump()], as_json=as_json, title="pruned", columns=["id", "name", "kind", "path", "params", "bytes"])
 
 
+@compress_app.command("heal")
+def compress_heal(model_dir: Path, dataset: Annotated[str, typer.Option(help="NAME or NAME@N to heal on.")],
+                  out: Annotated[Path, typer.Option()], epochs: float = 1.0, max_steps: int = -1,
+                  learning_rate: float = 1e-4, as_json: JsonOpt = False) -> None:
+    """Short fine-tune of a pruned model on the dataset it serves, to recover what pruning broke."""
+    from supertiny.pipeline import train_and_register
+
+    if not (model_dir / "config.json").is_file():
+        raise UserError(f"model path not found: {model_dir} (expected a model directory with config.json)")
+    row = train_and_register(store(), dataset_ref=dataset, base=str(model_dir), out=out, epochs=epochs,
+                             max_steps=max_steps, learning_rate=learning_rate, kind="healed")
+    emit([row.model_dump()], as_json=as_json, title="healed", columns=["id", "name", "kind", "path", "params", "bytes"])
+
+
 @compress_app.command("quantize")
 def compress_quantize(model_dir: Path, out: Annotated[Path, typer.Option()], as_json: JsonOpt = False) -> None:
     """int8 dynamic quantization of the linear layers."""

@@ -31,6 +31,8 @@ class DemoConfig:
     learning_rate: float = 1e-4
     batch_size: int = 8
     prune_ratio: float = 0.85
+    heal_epochs: float = 1.0  # pruning without healing loses nearly everything the student learned
+    heal_max_steps: int = -1
     dataset: str = "home-demo"
 
     @classmethod
@@ -40,7 +42,8 @@ class DemoConfig:
     @classmethod
     def quick(cls, out: Path, seed: int = 0) -> "DemoConfig":
         return cls(out=Path(out) / "quick", seed=seed, n_train=150, n_dev=20, n_test=40, samples=2, base="tiny",
-                   max_steps=400, learning_rate=3e-3, batch_size=16, prune_ratio=0.8, dataset="home-demo-quick")
+                   max_steps=400, learning_rate=3e-3, batch_size=16, prune_ratio=0.8, heal_max_steps=100,
+                   dataset="home-demo-quick")
 
 
 def run_demo(store: Store, config: DemoConfig, console: Console) -> dict:
@@ -101,12 +104,16 @@ def run_demo(store: Store, config: DemoConfig, console: Console) -> dict:
                                  learning_rate=config.learning_rate, batch_size=config.batch_size, seed=config.seed)
     done("student SFT", t, f"{student.path} ({student.params:,} params)")
 
-    t = stage("7. prune + quantize")
+    t = stage("7. prune + heal + quantize")
     pruned = prune_and_register(store, model_dir=Path(student.path), out=config.out / "pruned",
                                 ratio=config.prune_ratio, calibration_dataset=ref)
-    compressed = quantize_and_register(store, model_dir=Path(pruned.path), out=config.out / "compressed")
-    done("prune + quantize", t, f"{student.params:,} → {pruned.params:,} params; "
-                                f"{student.bytes / 1e6:.1f} MB → {compressed.bytes / 1e6:.1f} MB on disk")
+    healed = train_and_register(store, dataset_ref=ref, base=pruned.path, out=config.out / "healed",
+                                epochs=config.heal_epochs, max_steps=config.heal_max_steps,
+                                learning_rate=config.learning_rate, batch_size=config.batch_size, seed=config.seed,
+                                kind="healed")
+    compressed = quantize_and_register(store, model_dir=Path(healed.path), out=config.out / "compressed")
+    done("prune + heal + quantize", t, f"{student.params:,} → {pruned.params:,} params; "
+                                       f"{student.bytes / 1e6:.1f} MB → {compressed.bytes / 1e6:.1f} MB on disk")
 
     t = stage("8. evaluate")
     _, teacher_splits = run_eval(store, domain="home", split="dev", teacher="planner", students=[])

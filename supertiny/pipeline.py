@@ -26,7 +26,9 @@ def _parent_row(store: Store, model_dir: Path, name: str, kind: str = "base") ->
 
 def train_and_register(store: Store, *, dataset_ref: str, base: str, out: Path, mode: str = "full",
                        epochs: float = 2.0, max_steps: int = -1, learning_rate: float | None = None,
-                       batch_size: int = 8, seed: int = 0) -> ModelRow:
+                       batch_size: int = 8, seed: int = 0, kind: str = "student") -> ModelRow:
+    """SFT ``base`` on a dataset's direct-mode pairs. ``kind="healed"`` when ``base`` is a pruned
+    model being repaired on the data it will serve (its parent row is then the pruned model)."""
     from dataengine.export import direct_examples
     from student.train import SFTRunConfig, train_student
 
@@ -43,7 +45,8 @@ def train_and_register(store: Store, *, dataset_ref: str, base: str, out: Path, 
     path = train_student(examples, config, lineage=lineage)
     manifest = read_manifest(path)
     parent = _parent_row(store, Path(manifest["parent"]), name=base)
-    return store.add_model(name=f"student-{dataset.name}@{dataset.version}", kind="student",
+    name = f"student-{dataset.name}@{dataset.version}" if kind == "student" else f"{parent.name}-{kind}"
+    return store.add_model(name=name, kind=kind,
                            path=str(Path(path).resolve()), parent_id=parent.id, dataset_id=dataset.id,
                            config=config.model_dump(), params=manifest.get("params"), bytes=dir_bytes(path))
 

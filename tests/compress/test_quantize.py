@@ -64,7 +64,8 @@ def test_linears_are_int8_and_lm_head_stays_tied(quantized: tuple[Path, dict]) -
     model, _ = load_quantized(quantized[0])
     q_proj = model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj, torch.ao.nn.quantized.dynamic.Linear)
-    assert not any(type(m) is nn.Linear for m in model.model.layers.modules())
+    float_linears = {n for n, m in model.model.layers.named_modules() if type(m) is nn.Linear}
+    assert float_linears and all(n.endswith("mlp.down_proj") for n in float_linears)
     assert type(model.lm_head) is nn.Linear
     assert model.lm_head.weight is model.model.embed_tokens.weight
 
