@@ -37,31 +37,10 @@ from student.base import DEFAULT_BASE_MODEL, resolve_base_model  # noqa: E402
 from student.format import direct_prompt  # noqa: E402
 from student.manifest import dir_bytes, read_manifest  # noqa: E402
 from supertiny.errors import UserError  # noqa: E402
+from tools.home.tasks import generate_tasks  # noqa: E402
 
-UTTERANCES = [
-    "turn off the kitchen lights",
-    "set the thermostat to 21 degrees",
-    "what's the weather tomorrow in Lyon",
-    "remind me to call mom at 6pm",
-    "play some jazz in the living room",
-    "lock the front door",
-    "add milk and eggs to the shopping list",
-    "how long is my commute right now",
-    "dim the bedroom lights to 30 percent",
-    "start the vacuum in the hallway",
-    "book a table for two at 8 tonight",
-    "send a message to Alex saying I'm late",
-    "what's on my calendar on Friday",
-    "open the garage door",
-    "turn the volume down on the TV",
-    "is the back door locked",
-]
-CONTEXTS = [
-    {"now": "2026-03-14T09:30", "weekday": "Saturday"},
-    {"now": "2026-03-16T18:05", "weekday": "Monday"},
-    {"now": "2026-03-19T07:45", "weekday": "Thursday"},
-    {"now": "2026-03-20T22:10", "weekday": "Friday"},
-]
+# Real requests of the home domain, as the student sees them.
+TASKS = generate_tasks(seed=0, n_train=64, n_dev=0, n_test=0)
 
 
 def generation_kwargs(tokenizer, new_tokens: int) -> dict:
@@ -135,8 +114,8 @@ def main() -> None:
     model_dir = resolve_base_model(args.model, cache_dir=cache)
     work = args.work_dir or cache / "bench" / f"{model_dir.name}-r{args.ratio}"
     shutil.rmtree(work, ignore_errors=True)
-    texts = [direct_prompt(u, c) for c in CONTEXTS for u in UTTERANCES]  # 64 calibration texts
-    prompts = [direct_prompt(UTTERANCES[i], CONTEXTS[i % len(CONTEXTS)]) for i in range(args.prompts)]
+    texts = [direct_prompt(t.input, t.context) for t in TASKS]  # 64 calibration texts
+    prompts = texts[: args.prompts]
 
     # Build the compressed variants.
     start = time.perf_counter()

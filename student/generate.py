@@ -63,21 +63,60 @@ class _StopAtNewline(StoppingCriteria):
         return torch.tensor(["\n" in text for text in new_text], dtype=torch.bool, device=input_ids.device)
 
 
-class DirectStudent:
-    """A loaded student model answering direct-mode prompts with greedy decoding."""
+def function_names_of(path: str | Path) -> list[str] | None:
+    """The action names a student was trained to call, from its manifest or its parents'."""
+    seen = set()
+    current: Path | None = Path(path)
+    while current is not None and current not in seen:
+        seen.add(current)
+        manifest = read_manifest(current)
+        names = (manifest.get("lineage") or {}).get("function_names")
+        if names:
+            return list(names)
+        current = Path(manifest["parent"]) if manifest.get("parent") else None
+    return None
 
-    def __init__(self, path: str | Path, max_new_tokens: int = 64):
+
+class DirectStudent:
+    """A loaded student model answering direct-mode prompts with greedy decoding.
+
+    With ``function_names`` (by default: the names recorded in its manifest lineage) the
+    function name is *constrained*: we score every allowed ``" name("`` continuation in one
+    batched forward pass and keep the likeliest, then decode the arguments greedily. A small
+    model otherwise copies the user's verb ("save ... to ..." -> ``save_to_playlist``).
+    """
+
+    def __init__(self, path: str | Path, max_new_tokens: int = 64, function_names: list[str] | None = None):
         self.path = Path(path)
         self.max_new_tokens = max_new_tokens
         self.model, self.tokenizer = load_model(self.path)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        self.function_names = function_names if function_names is not None else function_names_of(self.path)
+
+    def _best_function(self, prompt: str) -> str:
+        """The allowed function name with the highest log-likelihood right after the prompt."""
+        prompt_len = len(self.tokenizer(prompt)["input_ids"])
+        texts = [f"{prompt} {name}(" for name in self.function_names]
+        batch = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
+        with torch.inference_mode():
+            logits = self.model(**batch).logits.float()
+        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
+        targets = batch["input_ids"][:, 1:]
+        token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        mask = batch["attention_mask"][:, 1:].clone()
+        mask[:, : prompt_len - 1] = 0  # score only the name, not the shared prompt
+        scores = (token_logprobs * mask).sum(dim=1)
+        return self.function_names[int(scores.argmax())]
 
     def predict(self, text: str, context: dict[str, Any] | None) -> Prediction:
         start = time.perf_counter()
         prompt = direct_prompt(text, context)
+        prefix = ""
+        if self.function_names:
+            prefix = f" {self._best_function(prompt)}("
         # Same call as TRL's training-time tokenization (default add_special_tokens).
-        inputs = self.tokenizer(prompt, return_tensors="pt")
+        inputs = self.tokenizer(prompt + prefix, return_tensors="pt")
         prompt_len = inputs["input_ids"].shape[1]
         with torch.inference_mode():
             output = self.model.generate(
@@ -89,7 +128,7 @@ class DirectStudent:
                 stopping_criteria=StoppingCriteriaList([_StopAtNewline(self.tokenizer, prompt_len)]),
             )
         new_tokens = output[0, prompt_len:]
-        raw = self.tokenizer.decode(new_tokens, skip_special_tokens=True).split("\n", 1)[0]
+        raw = (prefix + self.tokenizer.decode(new_tokens, skip_special_tokens=True)).split("\n", 1)[0].strip()
         latency_ms = (time.perf_counter() - start) * 1000.0
         return Prediction(
             call=parse_call(raw),

@@ -39,11 +39,12 @@ def _cell(value: Any) -> str:
 
 
 def evaluation_table(rows: Sequence[Any], title: str = "evaluation") -> Table:
-    """The eval table: one row per model (and slice)."""
-    table = Table(title=title)
-    for column in ("model", "slice", "n", "exact match", "name acc", "arg F1", "median latency ms",
-                   "tokens/request", "calls/request"):
-        table.add_column(column, justify="left" if column in ("model", "slice") else "right")
+    """The eval table: one row per model and slice. Columns: exact match, function-name accuracy,
+    argument F1, median latency per request, prompt+completion tokens and model calls per request."""
+    table = Table(title=title, caption="EM exact match · name function accuracy · p50 ms median latency "
+                                       "per request · tokens and calls per request")
+    for column in ("model", "slice", "n", "EM", "name", "arg F1", "p50 ms", "tokens", "calls"):
+        table.add_column(column, justify="left" if column in ("model", "slice") else "right", no_wrap=True)
     for r in rows:
         table.add_row(r.model_label, r.slice, str(r.n), f"{r.exact_match:.1%}", f"{r.name_accuracy:.1%}",
                       f"{r.arg_f1:.3f}", f"{r.latency_ms_median:.1f}", f"{r.tokens_per_request:.0f}",

@@ -13,22 +13,9 @@ from student.format import direct_prompt
 from student.manifest import read_manifest
 from student.tiny import build_tiny_model
 from supertiny.errors import UserError
+from tools.home.tasks import generate_tasks
 
-UTTERANCES = [
-    "turn off the kitchen lights",
-    "set the thermostat to 21 degrees",
-    "what's the weather tomorrow in Lyon",
-    "remind me to call mom at 6pm",
-    "play some jazz in the living room",
-    "lock the front door",
-    "add milk and eggs to the shopping list",
-    "how long is my commute right now",
-]
-TEXTS = [
-    direct_prompt(u, {"now": f"2026-03-1{d}T09:30", "weekday": w})
-    for u in UTTERANCES
-    for d, w in ((4, "Saturday"), (6, "Monday"))
-]
+TEXTS = [direct_prompt(t.input, t.context) for t in generate_tasks(seed=0, n_train=16, n_dev=0, n_test=0)]
 NUM_LAYERS = 6
 RATIO = 0.7
 

@@ -7,8 +7,8 @@ from tokenizers.processors import TemplateProcessing
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
-from student.format import direct_completion, direct_prompt
-from student.generate import DirectStudent, Prediction, load_model
+from student.format import direct_completion, direct_prompt, format_call
+from student.generate import DirectStudent, Prediction, function_names_of, load_model
 from student.tiny import build_tiny_model
 from student.train import SFTRunConfig, train_student
 from supertiny.errors import UserError
@@ -21,16 +21,6 @@ EXAMPLES = [
     {"prompt": direct_prompt("stop everything", CONTEXT), "completion": direct_completion(STOP) + "\nJUNK JUNK JUNK"},
     {"prompt": direct_prompt("play music in the living room", CONTEXT), "completion": direct_completion(PLAY)},
 ] * 20
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are all synchronisation overhead: with 2 threads on a busy 2-core machine a
-    # 5 s training run takes minutes. One thread keeps the suite fast and its timing stable.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def tiny_base(directory: Path) -> Path:
@@ -51,7 +41,7 @@ def test_generation_stops_at_the_end_of_the_first_line(trained):
     student = DirectStudent(trained, max_new_tokens=40)
     prediction = student.predict("stop everything", CONTEXT)
     assert prediction.call == STOP
-    assert prediction.raw == direct_completion(STOP)
+    assert prediction.raw == format_call(STOP)
     # Stopped on the newline itself, not after generating the junk line.
     assert prediction.completion_tokens <= len(student.tokenizer(direct_completion(STOP) + "\n")["input_ids"])
 
@@ -130,3 +120,26 @@ def test_missing_model_path_is_a_user_error(tmp_path):
         DirectStudent(str(tmp_path / "nope"))
     with pytest.raises(UserError, match="no config.json"):
         load_model(tmp_path)
+
+
+def test_function_names_constrain_the_answer(trained):
+    free = DirectStudent(trained).predict("stop everything", CONTEXT)
+    assert free.call["name"] == "stop_all"
+    # Only play_music allowed: the name is forced, the arguments are still decoded.
+    forced = DirectStudent(trained, function_names=["play_music", "set_timer"]).predict("stop everything", CONTEXT)
+    assert forced.call["name"] == "play_music" and forced.raw.startswith("play_music(")
+    # Among allowed names the model's own choice wins.
+    both = DirectStudent(trained, function_names=["play_music", "stop_all"])
+    assert both.predict("stop everything", CONTEXT).call == STOP
+    assert both.predict("play music in the living room", CONTEXT).call == PLAY
+
+
+def test_function_names_are_found_through_the_manifest_lineage(tmp_path):
+    from student.manifest import write_manifest
+
+    (tmp_path / "student").mkdir()
+    (tmp_path / "pruned").mkdir()
+    write_manifest(tmp_path / "student", kind="student", lineage={"function_names": ["a", "b"]})
+    write_manifest(tmp_path / "pruned", kind="pruned", parent=str(tmp_path / "student"))
+    assert function_names_of(tmp_path / "pruned") == ["a", "b"]
+    assert function_names_of(tmp_path) is None

@@ -27,16 +27,6 @@ EXAMPLES = [{"prompt": direct_prompt(text, CONTEXT), "completion": direct_comple
 LINEAGE = {"dataset": {"name": "home-calls", "version": 3, "id": "ds-123"}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny models are all synchronisation overhead: with 2 threads on a busy 2-core machine a
-    # 5 s training run takes minutes. One thread keeps the suite fast and its timing stable.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def tiny_base(directory: Path) -> Path:
     return build_tiny_model(directory, [ex["prompt"] + ex["completion"] for ex in EXAMPLES])
 
