@@ -114,7 +114,9 @@ class DirectStudent:
         prompt = direct_prompt(text, context)
         prefix = ""
         if self.function_names:
-            prefix = f" {self._best_function(prompt)}("
+            # Stop the forced text at the name: BPE pre-tokenizers split letters from "(", so the
+            # model continues with the same "(" / "()" tokens it was trained on.
+            prefix = f" {self._best_function(prompt)}"
         # Same call as TRL's training-time tokenization (default add_special_tokens).
         inputs = self.tokenizer(prompt + prefix, return_tensors="pt")
         prompt_len = inputs["input_ids"].shape[1]

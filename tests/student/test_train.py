@@ -9,7 +9,7 @@ from pydantic import ValidationError
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from student.base import DEFAULT_BASE_MODEL, resolve_base_model
-from student.format import direct_completion, direct_prompt
+from student.format import direct_completion, direct_prompt, format_call
 from student.generate import DirectStudent
 from student.manifest import read_manifest
 from student.tiny import build_tiny_model
@@ -63,7 +63,7 @@ def test_full_finetune_reproduces_the_training_calls(full_run):
     for text, call in CALLS:
         prediction = student.predict(text, CONTEXT)
         assert prediction.call == call
-        assert prediction.raw == direct_completion(call)
+        assert prediction.raw == format_call(call)
         # It stopped on the EOS it was trained to emit, right after the call.
         expected_tokens = len(student.tokenizer(direct_completion(call))["input_ids"]) + 1
         assert prediction.completion_tokens == expected_tokens
