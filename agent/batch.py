@@ -12,8 +12,8 @@ from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable
 
-from agent.backends import make_chat_model, with_seed
-from agent.graph import DEFAULT_MAX_MODEL_CALLS
+from agent.backends import make_chat_model
+from agent.graph import DEFAULT_MAX_MODEL_CALLS, build_agent
 from agent.run import run_request
 from dataengine.store import Store
 from supertiny.errors import UserError
@@ -61,9 +61,11 @@ def generate(store: Store, config: GenerateConfig,
     if on_progress:
         on_progress(finished, total, errors)
 
+    graph = build_agent(domain, model, max_model_calls=config.max_model_calls)  # compiled once per job
+
     def run_one(task, sample_index):
-        sampled = with_seed(model, sample_seed(config.seed, task.id, sample_index))
-        return run_request(domain, sampled, task.input, task.context, max_model_calls=config.max_model_calls)
+        return run_request(domain, model, task.input, task.context, max_model_calls=config.max_model_calls,
+                           graph=graph, seed=sample_seed(config.seed, task.id, sample_index))
 
     # Workers only run the agent; this thread does every write, so SQLite sees one writer.
     with ThreadPoolExecutor(max_workers=max(1, config.concurrency)) as pool:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
+from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 from pydantic import ValidationError
@@ -38,16 +39,31 @@ def _error_message(call_id: str, name: str, error: str) -> ToolMessage:
     return ToolMessage(content=f"Error: {error}", tool_call_id=call_id, name=name, status="error")
 
 
+def _event(step: int, name: str, args: Any, result: Any = None, error: str | None = None,
+           latency_ms: float = 0.0) -> dict[str, Any]:
+    """One ``tool_events`` entry: becomes a ``tool_calls`` row."""
+    return {"step": step, "name": name, "args": args, "result": result, "error": error, "latency_ms": latency_ms}
+
+
+def _invalid_arguments(name: str, exc: ValidationError) -> str:
+    first = exc.errors()[0]
+    return f"invalid arguments for {name}: {first['loc']} {first['msg']}"
+
+
 def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEFAULT_MAX_MODEL_CALLS,
                 checkpointer=None):
-    """Compile the teacher graph for ``domain`` driven by ``model``."""
+    """Compile the teacher graph for ``domain`` driven by ``model``.
+
+    One compiled graph serves many requests: a per-request sampling seed travels in
+    ``config["configurable"]["seed"]`` and is passed to the model call."""
     bound_model = model.bind_tools(domain.tools + domain.actions)
     lookups = {tool.name: tool for tool in domain.tools}
     actions = {tool.name: tool for tool in domain.actions}
 
-    def call_model(state: AgentState) -> dict:
+    def call_model(state: AgentState, config: RunnableConfig) -> dict:
+        seed = (config.get("configurable") or {}).get("seed")
         started = time.perf_counter()
-        message = bound_model.invoke(state["messages"])
+        message = bound_model.invoke(state["messages"], **({} if seed is None else {"seed": seed}))
         message.response_metadata["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return {"messages": [message], "model_calls": state.get("model_calls", 0) + 1, "status": "running"}
 
@@ -66,8 +82,7 @@ def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEF
         for bad in getattr(last, "invalid_tool_calls", None) or []:
             error = f"malformed tool call arguments for {bad.get('name')!r}: {bad.get('error') or bad.get('args')}"
             replies.append(_error_message(bad.get("id") or "", bad.get("name") or "", error))
-            events.append({"step": step, "name": bad.get("name") or "", "args": bad.get("args"), "result": None,
-                           "error": error, "latency_ms": 0.0})
+            events.append(_event(step, bad.get("name") or "", bad.get("args"), error=error))
         for call in last.tool_calls:
             started = time.perf_counter()
             result, error = None, None
@@ -78,12 +93,11 @@ def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEF
                 try:
                     result = tool.invoke(call["args"])
                 except ValidationError as exc:
-                    error = f"invalid arguments for {call['name']}: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"
+                    error = _invalid_arguments(call["name"], exc)
                 except Exception as exc:  # a tool's bug is the model's information, not our crash
                     error = f"{type(exc).__name__}: {exc}"
             latency = round((time.perf_counter() - started) * 1000, 3)
-            events.append({"step": step, "name": call["name"], "args": call["args"], "result": result,
-                           "error": error, "latency_ms": latency})
+            events.append(_event(step, call["name"], call["args"], result, error, latency))
             if error is None:
                 content = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
                 replies.append(ToolMessage(content=content, tool_call_id=call["id"], name=call["name"]))
@@ -98,10 +112,9 @@ def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEF
         try:
             args = actions[call["name"]].args_schema.model_validate(call["args"]).model_dump(exclude_none=True)
         except ValidationError as exc:
-            error = f"invalid arguments for {call['name']}: {exc.errors()[0]['loc']} {exc.errors()[0]['msg']}"
-            event = {"step": step, "name": call["name"], "args": call["args"], "result": None, "error": error,
-                     "latency_ms": 0.0}
-            return {"messages": [_error_message(call["id"], call["name"], error)], "tool_events": [event]}
+            error = _invalid_arguments(call["name"], exc)
+            return {"messages": [_error_message(call["id"], call["name"], error)],
+                    "tool_events": [_event(step, call["name"], call["args"], error=error)]}
         # The action is the answer; answer every tool call so the history stays valid chat format.
         replies = [ToolMessage(content="done" if c is call else "skipped: the action ends the task",
                                tool_call_id=c["id"], name=c["name"]) for c in last.tool_calls]

@@ -81,9 +81,10 @@ class HomePlannerChatModel(BaseChatModel):
 
     # -- sampling --------------------------------------------------------------------------
 
-    def _rng(self, request: str, purpose: str) -> random.Random:
+    @staticmethod
+    def _rng(seed: int, request: str, purpose: str) -> random.Random:
         # Seeded by the request so every call of one conversation makes the same choices.
-        return random.Random(f"{self.seed}:{purpose}:{request}")
+        return random.Random(f"{seed}:{purpose}:{request}")
 
     def _choose(self, rng: random.Random, options: list[tuple[Any, float]]) -> Any:
         if self.temperature <= 0 or len(options) == 1:
@@ -106,9 +107,9 @@ class HomePlannerChatModel(BaseChatModel):
         }
         return self._choose(rng, [(intent, score * 2) for intent, score in scores.items()])
 
-    def _plan(self, request: str, now: str) -> dict[str, Any]:
+    def _plan(self, request: str, now: str, seed: int) -> dict[str, Any]:
         """Intent, the lookups to make ``{slot: (tool, args)}``, and values read directly."""
-        rng = self._rng(request, "plan")
+        rng = self._rng(seed, request, "plan")
         text = _clean(request)
         intent = self._intent(text, rng)
         lookups: dict[str, tuple[str, dict[str, Any]]] = {}
@@ -179,7 +180,8 @@ class HomePlannerChatModel(BaseChatModel):
             return self._reply(messages, kwargs, AIMessage(content="I can only handle smart-home requests."))
         request = match.group(1).strip()
         now_match = re.search(r"now=(\S+)", str(human.content))
-        plan = self._plan(request, now_match.group(1) if now_match else "")
+        seed = kwargs.get("seed", self.seed)  # a per-call seed wins, as in the OpenAI API
+        plan = self._plan(request, now_match.group(1) if now_match else "", seed)
 
         results: dict[str, Any] = {}  # slot -> parsed tool result, or an Exception text
         calls = {tc["id"]: tc for m in messages if isinstance(m, AIMessage) for tc in m.tool_calls}
@@ -195,7 +197,7 @@ class HomePlannerChatModel(BaseChatModel):
                 for slot, (tool, args) in missing.items()
             ]
             return self._reply(messages, kwargs, AIMessage(content="", tool_calls=tool_calls))
-        final = self._final_call(plan, results, self._rng(request, "final"))
+        final = self._final_call(plan, results, self._rng(seed, request, "final"))
         call = {"name": final[0], "args": final[1], "id": f"final:{uuid.uuid4().hex[:8]}", "type": "tool_call"}
         return self._reply(messages, kwargs, AIMessage(content="", tool_calls=[call]))
 

@@ -29,9 +29,14 @@ class TraceResult:
 
 def run_request(domain: Domain, model: BaseChatModel, text: str, context: dict[str, Any], *,
                 max_model_calls: int = DEFAULT_MAX_MODEL_CALLS,
-                on_update: Callable[[str, dict], None] | None = None) -> TraceResult:
-    """Solve one request. Never raises for model or tool failures: they become the trace's status."""
-    graph = build_agent(domain, model, max_model_calls=max_model_calls)
+                on_update: Callable[[str, dict], None] | None = None,
+                graph: Any = None, seed: int | None = None) -> TraceResult:
+    """Solve one request. Never raises for model or tool failures: they become the trace's status.
+
+    Pass ``graph`` (from ``build_agent`` with the same model and budget) to reuse one compiled
+    graph across many requests, and ``seed`` to sample this request with its own seed."""
+    graph = graph or build_agent(domain, model, max_model_calls=max_model_calls)
+    configurable = {} if seed is None else {"seed": seed}
     state: dict[str, Any] = {
         "messages": [SystemMessage(domain.system_prompt), HumanMessage(domain.render_request(text, context))],
         "model_calls": 0, "final_call": None, "status": "running", "tool_events": [],
@@ -40,7 +45,8 @@ def run_request(domain: Domain, model: BaseChatModel, text: str, context: dict[s
     started = time.perf_counter()
     try:
         for mode, chunk in graph.stream(state, stream_mode=["updates", "values"],
-                                        config={"recursion_limit": 4 * max_model_calls + 10}):
+                                        config={"recursion_limit": 4 * max_model_calls + 10,
+                                                "configurable": configurable}):
             if mode == "values":
                 state = chunk
             elif on_update is not None:

@@ -26,6 +26,9 @@ def best_of_n(store: Store, *, name: str, domain: str, split: str = "train", min
               model: str | None = None) -> tuple[Any, dict[str, int]]:
     """Rejection sampling: per task, among traces scoring >= ``min_score``, keep one — fewest
     model calls, then fewest tokens, then the oldest. Tasks with no passing trace are dropped."""
+    def rank(trace):
+        return trace.model_calls, trace.prompt_tokens + trace.completion_tokens, trace.id
+
     best: dict[str, Any] = {}
     seen_tasks: set[str] = set()
     for trace, value in store.scored_traces(domain=domain, split=split, scorer=SCORER):
@@ -34,9 +37,8 @@ def best_of_n(store: Store, *, name: str, domain: str, split: str = "train", min
         seen_tasks.add(trace.task_id)
         if trace.status != "ok" or value is None or value < min_score:
             continue
-        rank = (trace.model_calls, trace.prompt_tokens + trace.completion_tokens, trace.id)
         current = best.get(trace.task_id)
-        if current is None or rank < (current.model_calls, current.prompt_tokens + current.completion_tokens, current.id):
+        if current is None or rank(trace) < rank(current):
             best[trace.task_id] = trace
     chosen = [best[task_id] for task_id in sorted(best)]
     spec = {"method": "best_of_n", "split": split, "scorer": SCORER, "min_score": min_score, "model": model,

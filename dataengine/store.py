@@ -258,7 +258,7 @@ class Store:
             query = query.where(DatasetRow.version == int(version))
         with self.session() as session:
             row = session.exec(query.order_by(DatasetRow.version.desc())).first()
-            known = sorted(set(session.exec(select(DatasetRow.name))))
+            known = [] if row else sorted(set(session.exec(select(DatasetRow.name))))
         if row is None:
             hint = f"known datasets: {', '.join(known)}" if known else "no datasets yet: run `supertiny dataset build`"
             raise UserError(f"unknown dataset {ref!r}; {hint}")

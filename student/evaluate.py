@@ -13,10 +13,12 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from agent.backends import make_chat_model
+from agent.graph import build_agent
 from agent.run import run_request
 from dataengine.schema import EvaluationRow, PredictionRow, TaskRow
 from dataengine.store import Store
 from dataengine.verify import compare_calls
+from supertiny.errors import UserError
 from tools.registry import get_domain
 
 
@@ -34,9 +36,10 @@ def predict_with_teacher(tasks: list[TaskRow], model_spec: str, *, domain: str, 
     """The teacher answers greedily (temperature 0), with its tools, one request at a time."""
     teacher_domain = get_domain(domain)
     model = make_chat_model(model_spec, domain=domain, temperature=0.0, base_url=base_url, api_key=api_key)
+    graph = build_agent(teacher_domain, model)
     out = []
     for task in tasks:
-        result = run_request(teacher_domain, model, task.input, task.context)
+        result = run_request(teacher_domain, model, task.input, task.context, graph=graph)
         out.append(Prediction(task.id, result.final_call, result.latency_ms,
                               result.prompt_tokens + result.completion_tokens, result.model_calls))
         if on_step:
@@ -92,8 +95,6 @@ def run_eval(store: Store, *, domain: str, split: str, teacher: str | None, stud
     """Evaluate the teacher spec and each ``(label, model_dir)``; store and return the rows."""
     tasks = [t for t in store.tasks(domain=domain, split=split, limit=limit) if t.gold is not None]
     if not tasks:
-        from supertiny.errors import UserError
-
         raise UserError(f"no {split} tasks with gold for domain {domain!r}: run `supertiny tasks generate` first")
     run_id = uuid.uuid4().hex[:12]
     rows: list[EvaluationRow] = []

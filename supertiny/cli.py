@@ -266,10 +266,9 @@ def compress_heal(model_dir: Path, dataset: Annotated[str, typer.Option(help="NA
                   out: Annotated[Path, typer.Option()], epochs: float = 1.0, max_steps: int = -1,
                   learning_rate: float = 1e-4, as_json: JsonOpt = False) -> None:
     """Short fine-tune of a pruned model on the dataset it serves, to recover what pruning broke."""
-    from supertiny.pipeline import train_and_register
+    from supertiny.pipeline import require_model_dir, train_and_register
 
-    if not (model_dir / "config.json").is_file():
-        raise UserError(f"model path not found: {model_dir} (expected a model directory with config.json)")
+    require_model_dir(model_dir)
     row = train_and_register(store(), dataset_ref=dataset, base=str(model_dir), out=out, epochs=epochs,
                              max_steps=max_steps, learning_rate=learning_rate, kind="healed")
     emit([row.model_dump()], as_json=as_json, title="healed", columns=["id", "name", "kind", "path", "params", "bytes"])

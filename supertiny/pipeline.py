@@ -17,6 +17,11 @@ def _config_error(exc: ValidationError, where: str) -> UserError:
     return UserError(f"{where}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}")
 
 
+def require_model_dir(model_dir: Path) -> None:
+    if not (Path(model_dir) / "config.json").is_file():
+        raise UserError(f"model path not found: {model_dir} (expected a model directory with config.json)")
+
+
 def _parent_row(store: Store, model_dir: Path, name: str, kind: str = "base") -> ModelRow:
     path = str(model_dir.resolve())
     return store.model_by_path(path) or store.add_model(name=name, kind=kind, path=path,
@@ -72,8 +77,7 @@ def prune_and_register(store: Store, *, model_dir: Path, out: Path, ratio: float
                        calibration_dataset: str | None = None) -> ModelRow:
     from compress.prune import PruneConfig, prune_depth
 
-    if not (Path(model_dir) / "config.json").is_file():
-        raise UserError(f"model path not found: {model_dir} (expected a model directory with config.json)")
+    require_model_dir(model_dir)
     try:
         config = PruneConfig(target_param_ratio=ratio)
     except ValidationError as exc:
@@ -88,8 +92,7 @@ def prune_and_register(store: Store, *, model_dir: Path, out: Path, ratio: float
 def quantize_and_register(store: Store, *, model_dir: Path, out: Path) -> ModelRow:
     from compress.quantize import quantize_int8
 
-    if not (Path(model_dir) / "config.json").is_file():
-        raise UserError(f"model path not found: {model_dir} (expected a model directory with config.json)")
+    require_model_dir(model_dir)
     manifest = quantize_int8(model_dir, out)
     parent = _parent_row(store, Path(model_dir), name=Path(model_dir).name, kind=read_manifest(model_dir).get("kind", "base"))
     return store.add_model(name=f"{parent.name}-int8", kind="quantized", path=str(Path(out).resolve()),
