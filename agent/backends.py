@@ -1,38 +1,76 @@
 """Model backends behind one ``--model`` option.
 
-- ``planner``: the offline home-domain chat model (no network, no key).
-- ``openai:<model>``: langchain-openai ``ChatOpenAI`` against any OpenAI-compatible endpoint;
-  base URL and key from options or ``OPENAI_BASE_URL`` / ``OPENAI_API_KEY``.
+- ``planner``: the domain's offline chat model (no network, no key), for domains that ship one.
+- ``openai:<model>``: langchain-openai ``ChatOpenAI`` against any OpenAI-compatible endpoint
+  (a hosted API, vLLM, llama.cpp, Ollama); base URL and key from options or ``OPENAI_BASE_URL``
+  / ``OPENAI_API_KEY``.
+
+Both take the same :class:`ModelOptions`, validated once here at the edge.
 """
 from __future__ import annotations
 
 import os
+from typing import Optional
 
 from langchain_core.language_models import BaseChatModel
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from supertiny.errors import UserError
+from tools.registry import Domain, get_domain
 
 
-def make_chat_model(spec: str, *, domain: str = "home", temperature: float = 0.0, seed: int = 0,
-                    base_url: str | None = None, api_key: str | None = None) -> BaseChatModel:
+class ModelOptions(BaseModel):
+    """How to call the teacher model; stored in each job's config."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0, description="Sampling temperature; 0 is greedy.")
+    seed: int = Field(default=0, description="Sampling seed (endpoints that support it; planners always do).")
+    base_url: Optional[str] = Field(default=None, description="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1. Default: $OPENAI_BASE_URL.")
+    api_key: Optional[str] = Field(default=None, description="API key. Default: $OPENAI_API_KEY (a local server may take any value).")
+    max_tokens: Optional[int] = Field(default=None, gt=0, description="Most completion tokens per model call.")
+    timeout: Optional[float] = Field(default=60.0, gt=0, description="Seconds before one HTTP request is abandoned.")
+    max_retries: int = Field(default=2, ge=0, description="Retries of a failed request (429, 5xx, timeouts) by the client.")
+    parallel_tool_calls: Optional[bool] = Field(default=None, description="Allow several tool calls per model turn; None leaves the endpoint's default.")
+    top_logprobs: int = Field(default=0, ge=0, le=20, description="Record this many top log-probs per generated token (0: none). They feed logit distillation.")
+    streaming: bool = Field(default=False, description="Stream the completion (token usage still recorded).")
+
+
+def make_chat_model(spec: str, *, domain: str | Domain = "home", options: ModelOptions | None = None,
+                    **overrides) -> BaseChatModel:
+    """A chat model for ``spec``. ``overrides`` are ModelOptions fields (temperature=0.7, ...)."""
+    try:
+        options = ModelOptions.model_validate({**(options or ModelOptions()).model_dump(), **overrides})
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise UserError(f"model option {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
     if spec == "planner":
-        if domain != "home":
-            raise UserError(f"--model planner only knows the home domain, not {domain!r}; use --model openai:<model>")
-        from agent.planner import HomePlannerChatModel
-
-        return HomePlannerChatModel(temperature=temperature, seed=seed)
+        resolved = domain if isinstance(domain, Domain) else get_domain(domain)
+        if resolved.planner is None:
+            raise UserError(f"domain {resolved.name!r} has no offline planner; use --model openai:<model>")
+        return resolved.planner(temperature=options.temperature, seed=options.seed)
     if spec.startswith("openai:") and len(spec) > len("openai:"):
         from langchain_openai import ChatOpenAI
 
-        key = api_key or os.environ.get("OPENAI_API_KEY")
+        key = options.api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
-            raise UserError("--model openai:... needs an API key: pass --api-key or set OPENAI_API_KEY")
+            raise UserError("--model openai:... needs an API key: pass --api-key or set OPENAI_API_KEY "
+                            "(a local server accepts any value)")
+        extra_body = {} if options.parallel_tool_calls is None else {"parallel_tool_calls": options.parallel_tool_calls}
         return ChatOpenAI(
             model=spec.split(":", 1)[1],
-            base_url=base_url or os.environ.get("OPENAI_BASE_URL"),
+            base_url=options.base_url or os.environ.get("OPENAI_BASE_URL"),
             api_key=key,
-            temperature=temperature,
-            seed=seed,
+            temperature=options.temperature,
+            seed=options.seed,
+            max_completion_tokens=options.max_tokens,
+            timeout=options.timeout,
+            max_retries=options.max_retries,
+            logprobs=True if options.top_logprobs else None,
+            top_logprobs=options.top_logprobs or None,
+            streaming=options.streaming,
+            stream_usage=True,
+            extra_body=extra_body or None,
         )
     raise UserError(f"unknown model {spec!r}: use 'planner' or 'openai:<model-name>'")
 

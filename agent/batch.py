@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 from agent.backends import make_chat_model
 from agent.graph import DEFAULT_MAX_MODEL_CALLS, build_agent
@@ -33,6 +33,8 @@ class GenerateConfig:
     limit: int | None = None  # only the first N tasks of the split
     base_url: str | None = None
     api_key: str | None = None
+    # further agent.backends.ModelOptions fields: max_tokens, timeout, max_retries, top_logprobs, ...
+    model_options: dict[str, Any] = field(default_factory=dict)
 
 
 def sample_seed(job_seed: int, task_id: str, sample_index: int) -> int:
@@ -47,14 +49,15 @@ def generate(store: Store, config: GenerateConfig,
     if config.samples < 1:
         raise UserError(f"--samples must be >= 1, got {config.samples}")
     domain = get_domain(config.domain)
-    model = make_chat_model(config.model, domain=domain.name, temperature=config.temperature, seed=config.seed,
-                            base_url=config.base_url, api_key=config.api_key)
+    model = make_chat_model(config.model, domain=domain, temperature=config.temperature, seed=config.seed,
+                            base_url=config.base_url, api_key=config.api_key, **config.model_options)
     tasks = store.tasks(domain=domain.name, split=config.split, limit=config.limit)
     if not tasks:
         raise UserError(f"no {config.split} tasks for domain {domain.name!r}: run `supertiny tasks generate` first")
     job = store.job_for(kind="generate", domain=domain.name, split=config.split, model=config.model,
                         samples=config.samples, temperature=config.temperature, seed=config.seed,
-                        config={"max_model_calls": config.max_model_calls, "limit": config.limit})
+                        config={"max_model_calls": config.max_model_calls, "limit": config.limit,
+                                **config.model_options})
     done = store.done_samples(job.id)
     todo = [(task, i) for task in tasks for i in range(config.samples) if (task.id, i) not in done]
     total, finished, errors = len(tasks) * config.samples, len(tasks) * config.samples - len(todo), 0

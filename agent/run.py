@@ -27,6 +27,25 @@ class TraceResult:
     model_events: list[dict[str, Any]] = field(default_factory=list)  # per model call: tokens, latency
 
 
+def compact_logprobs(response_metadata: dict[str, Any]) -> list | None:
+    """OpenAI ``logprobs.content`` -> ``[[token, logprob, [[alt, alt_logprob], ...]], ...]`` or None."""
+    content = (response_metadata.get("logprobs") or {}).get("content")
+    if not content:
+        return None
+    return [[item["token"], round(item["logprob"], 5),
+             [[alt["token"], round(alt["logprob"], 5)] for alt in item.get("top_logprobs") or []]]
+            for item in content]
+
+
+def model_event(message: AIMessage) -> dict[str, Any]:
+    """One ``model_calls`` row: what the endpoint reported about one completion."""
+    usage = message.usage_metadata or {}
+    meta = message.response_metadata
+    return {"prompt_tokens": usage.get("input_tokens", 0), "completion_tokens": usage.get("output_tokens", 0),
+            "latency_ms": meta.get("latency_ms"), "finish_reason": meta.get("finish_reason"),
+            "model": meta.get("model_name"), "logprobs": compact_logprobs(meta)}
+
+
 def run_request(domain: Domain, model: BaseChatModel, text: str, context: dict[str, Any], *,
                 max_model_calls: int = DEFAULT_MAX_MODEL_CALLS,
                 on_update: Callable[[str, dict], None] | None = None,
@@ -57,13 +76,7 @@ def run_request(domain: Domain, model: BaseChatModel, text: str, context: dict[s
         if on_update is not None:
             on_update("error", {"error": error, "traceback": traceback.format_exc()})
     latency_ms = (time.perf_counter() - started) * 1000
-    model_events = [
-        {"prompt_tokens": (m.usage_metadata or {}).get("input_tokens", 0),
-         "completion_tokens": (m.usage_metadata or {}).get("output_tokens", 0),
-         "latency_ms": m.response_metadata.get("latency_ms"),
-         "finish_reason": m.response_metadata.get("finish_reason")}
-        for m in state["messages"] if isinstance(m, AIMessage)
-    ]
+    model_events = [model_event(m) for m in state["messages"] if isinstance(m, AIMessage)]
     status = "error" if error else state.get("status", "running")
     return TraceResult(
         messages=convert_to_openai_messages(state["messages"]),

@@ -4,22 +4,37 @@ from __future__ import annotations
 from typing import Any
 
 from dataengine.store import Store
-from dataengine.verify import SCORER, compare_calls
+from dataengine.verify import CHECK_SCORER, SCORER
+from tools.registry import get_domain
 
 
 def verify_traces(store: Store, *, domain: str, split: str) -> dict[str, int]:
-    """Score every trace of ``domain``/``split`` tasks that has gold; re-scoring is idempotent."""
+    """Score every trace of ``domain``/``split`` tasks with the domain's verifier; idempotent.
+
+    ``gold_match`` (the domain's ``compare``) where the task has gold; ``domain_check`` (the
+    domain's programmatic ``check``) on every trace with an answer, when the domain has one.
+    A trace that passes both (or the one that applies) counts as passed."""
+    verifier = get_domain(domain)
     tasks = {task.id: task for task in store.tasks(domain=domain, split=split)}
-    scores = []
+    scores, passed, scored = [], 0, 0
     for trace, _ in store.scored_traces(domain=domain, split=split, scorer=SCORER):
         task = tasks.get(trace.task_id)
-        if task is None or task.gold is None:
+        if task is None:
             continue
-        details = compare_calls(trace.final_call, task.gold)
-        scores.append((trace.id, SCORER, 1.0 if details["exact"] else 0.0, details))
+        values = []
+        if task.gold is not None:
+            details = verifier.compare(trace.final_call, task.gold)
+            values.append(1.0 if details["exact"] else 0.0)
+            scores.append((trace.id, SCORER, values[-1], details))
+        if verifier.check is not None:
+            problem = verifier.check(trace.final_call, task.input, task.context) if trace.final_call else "no answer"
+            values.append(0.0 if problem else 1.0)
+            scores.append((trace.id, CHECK_SCORER, values[-1], {"problem": problem}))
+        if values:
+            scored += 1
+            passed += all(v == 1.0 for v in values)
     store.set_scores(scores)
-    passed = sum(1 for s in scores if s[2] == 1.0)
-    return {"scored": len(scores), "passed": passed, "failed": len(scores) - passed}
+    return {"scored": scored, "passed": passed, "failed": scored - passed}
 
 
 def best_of_n(store: Store, *, name: str, domain: str, split: str = "train", min_score: float = 1.0,

@@ -163,8 +163,21 @@ CREATE TABLE predictions (
 );
 """
 
+M002_ENDPOINT_DETAILS = """
+-- what real endpoints return beyond token counts
+ALTER TABLE model_calls ADD COLUMN model TEXT;            -- the model name the endpoint reported
+ALTER TABLE model_calls ADD COLUMN logprobs JSON;         -- top-k log-probs of the generated tokens, compact:
+                                                          -- [[token, logprob, [[alt, alt_logprob], ...]], ...]
+ALTER TABLE model_calls ADD COLUMN error TEXT;            -- set when this call failed (the trace then ends)
+-- the debugger's branches: a rewound or replayed run points at the trace it came from
+ALTER TABLE traces ADD COLUMN parent_trace_id INTEGER REFERENCES traces (id);
+ALTER TABLE traces ADD COLUMN thread_id TEXT;             -- LangGraph thread (debugger session/branch)
+CREATE INDEX traces_parent ON traces (parent_trace_id);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
+    ("m002_endpoint_details", M002_ENDPOINT_DETAILS),
 ]
 
 

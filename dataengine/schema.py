@@ -68,6 +68,8 @@ class TraceRow(SQLModel, table=True):
     label: Optional[str] = None
     note: Optional[str] = None
     created_at: str = Field(default_factory=utcnow)
+    parent_trace_id: Optional[int] = None  # m002: the trace a debugger branch or replay came from
+    thread_id: Optional[str] = None  # m002: LangGraph thread of a debugger session
 
 
 class ModelCallRow(SQLModel, table=True):
@@ -79,6 +81,9 @@ class ModelCallRow(SQLModel, table=True):
     completion_tokens: int
     latency_ms: Optional[float] = None
     finish_reason: Optional[str] = None
+    model: Optional[str] = None  # m002
+    logprobs: Optional[list] = _json(nullable=True)  # m002: [[token, logprob, [[alt, lp], ...]], ...]
+    error: Optional[str] = None  # m002
 
 
 class ToolCallRow(SQLModel, table=True):

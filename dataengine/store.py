@@ -150,7 +150,8 @@ class Store:
 
     def add_trace(self, result: Any, *, domain: str, model: str, input: str, context: dict[str, Any],
                   task_id: str | None = None, job_id: int | None = None, sample_index: int = 0,
-                  label: str | None = None, note: str | None = None) -> int:
+                  label: str | None = None, note: str | None = None, parent_trace_id: int | None = None,
+                  thread_id: str | None = None) -> int:
         """Store one agent run (``agent.run.TraceResult``) with its model and tool calls, atomically.
         A second write of the same (job, task, sample) is refused by the database and ignored."""
         trace = TraceRow(
@@ -158,6 +159,7 @@ class Store:
             context=context, messages=result.messages, final_call=result.final_call, status=result.status,
             error=result.error, latency_ms=result.latency_ms, prompt_tokens=result.prompt_tokens,
             completion_tokens=result.completion_tokens, model_calls=result.model_calls, label=label, note=note,
+            parent_trace_id=parent_trace_id, thread_id=thread_id,
         )
         with self.session() as session:
             session.add(trace)

@@ -12,6 +12,7 @@ from datetime import datetime
 from typing import Any
 
 SCORER = "gold_match"
+CHECK_SCORER = "domain_check"  # a domain's programmatic check, which needs no gold
 
 
 def normalize_value(value: Any) -> Any:

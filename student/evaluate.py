@@ -63,9 +63,10 @@ def predict_with_student(tasks: list[TaskRow], model_path: str,
 
 
 def summarize(run_id: str, label: str, spec: str, model_id: int | None, split: str, tasks: list[TaskRow],
-              predictions: list[Prediction]) -> tuple[list[EvaluationRow], list[PredictionRow]]:
+              predictions: list[Prediction], compare: Callable = compare_calls
+              ) -> tuple[list[EvaluationRow], list[PredictionRow]]:
     by_id = {task.id: task for task in tasks}
-    graded = [(p, compare_calls(p.call, by_id[p.task_id].gold)) for p in predictions]
+    graded = [(p, compare(p.call, by_id[p.task_id].gold)) for p in predictions]
     slices = {"all": graded}
     for name in sorted({t.slice for t in tasks if t.slice}):
         slices[name] = [(p, g) for p, g in graded if by_id[p.task_id].slice == name]
@@ -96,19 +97,20 @@ def run_eval(store: Store, *, domain: str, split: str, teacher: str | None, stud
     tasks = [t for t in store.tasks(domain=domain, split=split, limit=limit) if t.gold is not None]
     if not tasks:
         raise UserError(f"no {split} tasks with gold for domain {domain!r}: run `supertiny tasks generate` first")
+    compare = get_domain(domain).compare  # every model is graded by the domain's own verifier
     run_id = uuid.uuid4().hex[:12]
     rows: list[EvaluationRow] = []
     if teacher:
         step = on_model("teacher", len(tasks)) if on_model else None
         preds = predict_with_teacher(tasks, teacher, domain=domain, base_url=base_url, api_key=api_key, on_step=step)
-        r, p = summarize(run_id, "teacher", teacher, None, split, tasks, preds)
+        r, p = summarize(run_id, "teacher", teacher, None, split, tasks, preds, compare)
         store.add_evaluation(r, p)
         rows += r
     for label, path in students:
         step = on_model(label, len(tasks)) if on_model else None
         preds = predict_with_student(tasks, path, on_step=step)
         model = store.model_by_path(str(path))
-        r, p = summarize(run_id, label, str(path), model.id if model else None, split, tasks, preds)
+        r, p = summarize(run_id, label, str(path), model.id if model else None, split, tasks, preds, compare)
         store.add_evaluation(r, p)
         rows += r
     return run_id, rows

@@ -57,6 +57,11 @@ class SFTRunConfig(BaseModel):
     warmup_ratio: float = Field(
         default=0.05, ge=0.0, lt=1.0, description="Fraction of the steps spent linearly warming up the learning rate."
     )
+    bf16: bool = Field(
+        default=False,
+        description="bf16 autocast for the matmuls, weights and optimizer state stay float32. About 1.5x faster "
+        "on CPUs with AVX512-BF16 or AMX; see cpu_has_fast_bf16().",
+    )
     seed: int = Field(default=0, description="Seed for data order, initialisation of LoRA weights and dropout.")
     logging_steps: int = Field(default=10, gt=0, description="Log the training loss every this many optimizer steps.")
 
@@ -66,6 +71,13 @@ class SFTRunConfig(BaseModel):
         if value == 0 or value < -1:
             raise ValueError("max_steps must be a positive number of steps, or -1 to train for num_train_epochs")
         return value
+
+
+def cpu_has_fast_bf16() -> bool:
+    """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX), so autocast pays off."""
+    import torch
+
+    return bool(torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported())
 
 
 def train_student(examples: list[dict[str, str]], config: SFTRunConfig, lineage: dict[str, Any] | None = None) -> Path:
@@ -94,7 +106,8 @@ def train_student(examples: list[dict[str, str]], config: SFTRunConfig, lineage:
     out_dir.mkdir(parents=True, exist_ok=True)
 
     tokenizer = AutoTokenizer.from_pretrained(base_path)
-    # float32 on purpose: CPU training, and bf16 AdamW updates vanish on a small model.
+    # float32 weights on purpose: bf16 AdamW updates vanish on a small model. config.bf16 only
+    # autocasts the matmuls; the master weights and optimizer state stay float32.
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
 
     # TRL appends eos_token to completions that do not end with it; doing it here makes the
@@ -125,10 +138,11 @@ def train_student(examples: list[dict[str, str]], config: SFTRunConfig, lineage:
         logging_steps=config.logging_steps,
         logging_first_step=True,
         completion_only_loss=True,  # the prompt is given at inference; only the call is learned
-        # CPU-first: no mixed precision (TRL defaults bf16=True), no checkpointing (TRL defaults
-        # gradient_checkpointing=True: ~20% slower, and memory is not what limits a 135M model).
+        # CPU-first: mixed precision only when asked (TRL defaults bf16=True), no checkpointing
+        # (TRL defaults gradient_checkpointing=True: ~20% slower, and memory is not what limits
+        # a 135M model).
         use_cpu=True,
-        bf16=False,
+        bf16=config.bf16,
         fp16=False,
         activation_checkpointing=False,  # transformers 5 name; the old gradient_checkpointing only warns
         # One artifact, written by us below: no intermediate checkpoints, no trackers.

@@ -46,6 +46,19 @@ DomainOpt = Annotated[str, typer.Option("--domain", help="Built-in domain name, 
 ModelOpt = Annotated[str, typer.Option("--model", help="'planner' (offline) or 'openai:<model>'.")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible endpoint (or OPENAI_BASE_URL).")]
 ApiKeyOpt = Annotated[Optional[str], typer.Option("--api-key", help="API key (or OPENAI_API_KEY).")]
+# The endpoint bundle shared by agent run / generate / chat (agent.backends.ModelOptions).
+MaxTokensOpt = Annotated[Optional[int], typer.Option("--max-tokens", help="Most completion tokens per model call.")]
+TimeoutOpt = Annotated[float, typer.Option("--timeout", help="Seconds before an HTTP request is abandoned.")]
+RetriesOpt = Annotated[int, typer.Option("--max-retries", help="Client retries on 429, 5xx and timeouts.")]
+ParallelOpt = Annotated[Optional[bool], typer.Option("--parallel-tool-calls/--no-parallel-tool-calls",
+                                                     help="Several tool calls per turn (default: the endpoint's).")]
+LogprobsOpt = Annotated[int, typer.Option("--top-logprobs", help="Store this many top log-probs per token (0: off).")]
+
+
+def endpoint_options(max_tokens: Optional[int], timeout: float, max_retries: int, parallel_tool_calls: Optional[bool],
+                     top_logprobs: int) -> dict:
+    return {"max_tokens": max_tokens, "timeout": timeout, "max_retries": max_retries,
+            "parallel_tool_calls": parallel_tool_calls, "top_logprobs": top_logprobs}
 
 
 @app.callback()
@@ -75,14 +88,25 @@ def tasks_generate(domain: DomainOpt = "home", seed: int = 0, train: int = 400, 
     from tools.registry import get_domain
 
     d = get_domain(domain)
+    if d.generate_tasks is None:
+        raise UserError(f"domain {d.name!r} has no task generator: import tasks with `supertiny tasks import`")
     inserted, present = store().add_tasks(d.generate_tasks(seed=seed, n_train=train, n_dev=dev, n_test=test))
     emit([{"domain": d.name, "seed": seed, "inserted": inserted, "already_present": present}], as_json=as_json)
 
 
 @tasks_app.command("import")
 def tasks_import(path: Path, domain: DomainOpt = "home", as_json: JsonOpt = False) -> None:
-    """Import tasks from JSONL: {"input", "context", "gold", "split", "slice", "id"} per line."""
-    inserted, present = store().import_tasks_jsonl(path, domain)
+    """Import tasks from JSONL ({"input", "context", "gold", "split", "slice", "id"} per line), or
+    from any file the domain's own task loader reads."""
+    from tools.registry import get_domain
+
+    d = get_domain(domain)
+    if d.load_tasks is not None and path.suffix != ".jsonl":
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        inserted, present = store().add_tasks(d.load_tasks(path))
+    else:
+        inserted, present = store().import_tasks_jsonl(path, d.name)
     emit([{"file": str(path), "inserted": inserted, "already_present": present}], as_json=as_json)
 
 
@@ -102,7 +126,9 @@ def agent_run(text: str, domain: DomainOpt = "home", model: ModelOpt = "planner"
               now: Annotated[Optional[str], typer.Option(help="Local time for the request (ISO 8601); default: now.")] = None,
               temperature: float = 0.0, seed: int = 0, max_model_calls: int = 6,
               label: Annotated[Optional[str], typer.Option(help="Label stored with the trace.")] = None,
-              base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None, as_json: JsonOpt = False) -> None:
+              base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None, max_tokens: MaxTokensOpt = None,
+              timeout: TimeoutOpt = 60.0, max_retries: RetriesOpt = 2, parallel_tool_calls: ParallelOpt = None,
+              top_logprobs: LogprobsOpt = 0, as_json: JsonOpt = False) -> None:
     """Run the teacher on one request, print each step and store the trace."""
     from agent.backends import make_chat_model
     from agent.render import render_update
@@ -115,7 +141,8 @@ def agent_run(text: str, domain: DomainOpt = "home", model: ModelOpt = "planner"
     except ValueError:
         raise UserError(f"--now: not an ISO 8601 time: {now!r} (e.g. 2026-03-14T09:30)") from None
     context = {"now": moment.strftime("%Y-%m-%dT%H:%M"), "weekday": moment.strftime("%A")}
-    chat = make_chat_model(model, domain=d.name, temperature=temperature, seed=seed, base_url=base_url, api_key=api_key)
+    chat = make_chat_model(model, domain=d, temperature=temperature, seed=seed, base_url=base_url, api_key=api_key,
+                           **endpoint_options(max_tokens, timeout, max_retries, parallel_tool_calls, top_logprobs))
     on_update = None if as_json else (lambda node, update: render_update(console, node, update))
     result = run_request(d, chat, text, context, max_model_calls=max_model_calls, on_update=on_update)
     trace_id = store().add_trace(result, domain=d.name, model=model, input=text, context=context, label=label)
@@ -136,13 +163,17 @@ def agent_generate(split: str = "train", samples: int = 4, concurrency: int = 8,
                    model: ModelOpt = "planner", temperature: float = 0.7, seed: int = 0,
                    limit: Annotated[Optional[int], typer.Option(help="Only the first N tasks.")] = None,
                    max_model_calls: int = 6, base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None,
+                   max_tokens: MaxTokensOpt = None, timeout: TimeoutOpt = 60.0, max_retries: RetriesOpt = 2,
+                   parallel_tool_calls: ParallelOpt = None, top_logprobs: LogprobsOpt = 0,
                    as_json: JsonOpt = False) -> None:
     """Run the teacher over a split's tasks, N samples each; re-run to resume."""
     from agent.batch import GenerateConfig, generate
 
     config = GenerateConfig(domain=domain, split=split, model=model, samples=samples, temperature=temperature,
                             seed=seed, concurrency=concurrency, max_model_calls=max_model_calls, limit=limit,
-                            base_url=base_url, api_key=api_key)
+                            base_url=base_url, api_key=api_key,
+                            model_options=endpoint_options(max_tokens, timeout, max_retries, parallel_tool_calls,
+                                                           top_logprobs))
     with progress() as bar:
         task = bar.add_task(f"teacher {model} on {split}", total=None, info="")
 
@@ -241,12 +272,15 @@ def student_train(dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
                   out: Annotated[Path, typer.Option(help="Output model directory.")],
                   base: Annotated[str, typer.Option(help="'smollm2-135m' or a local model directory.")] = "smollm2-135m",
                   mode: str = "full", epochs: float = 2.0, max_steps: int = -1, learning_rate: Optional[float] = None,
-                  batch_size: int = 8, as_json: JsonOpt = False) -> None:
+                  batch_size: int = 8,
+                  bf16: Annotated[Optional[bool], typer.Option(
+                      help="bf16 autocast (float32 weights). Default: on when the CPU has native bf16.")] = None,
+                  as_json: JsonOpt = False) -> None:
     """Supervised fine-tuning (TRL SFTTrainer) of a direct-mode student."""
     from supertiny.pipeline import train_and_register
 
     row = train_and_register(store(), dataset_ref=dataset, base=base, out=out, mode=mode, epochs=epochs,
-                             max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size)
+                             max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, bf16=bf16)
     emit([row.model_dump()], as_json=as_json, title="student", columns=["id", "name", "kind", "path", "params", "bytes"])
 
 

@@ -31,17 +31,20 @@ def _parent_row(store: Store, model_dir: Path, name: str, kind: str = "base") ->
 
 def train_and_register(store: Store, *, dataset_ref: str, base: str, out: Path, mode: str = "full",
                        epochs: float = 2.0, max_steps: int = -1, learning_rate: float | None = None,
-                       batch_size: int = 8, seed: int = 0, kind: str = "student") -> ModelRow:
+                       batch_size: int = 8, seed: int = 0, kind: str = "student",
+                       bf16: bool | None = None) -> ModelRow:
     """SFT ``base`` on a dataset's direct-mode pairs. ``kind="healed"`` when ``base`` is a pruned
-    model being repaired on the data it will serve (its parent row is then the pruned model)."""
+    model being repaired on the data it will serve (its parent row is then the pruned model).
+    ``bf16=None`` autocasts to bf16 exactly when the CPU has native bf16 arithmetic."""
     from dataengine.export import direct_examples
-    from student.train import SFTRunConfig, train_student
+    from student.train import SFTRunConfig, cpu_has_fast_bf16, train_student
 
     dataset = store.dataset(dataset_ref)
     examples = direct_examples(store, f"{dataset.name}@{dataset.version}")
     try:
         config = SFTRunConfig(base_model=base, output_dir=str(out), mode=mode, num_train_epochs=epochs,
                               max_steps=max_steps, per_device_train_batch_size=batch_size, seed=seed,
+                              bf16=cpu_has_fast_bf16() if bf16 is None else bf16,
                               learning_rate=learning_rate or (5e-4 if mode == "lora" else 5e-5))
     except ValidationError as exc:
         raise _config_error(exc, "student train") from None

@@ -1,8 +1,18 @@
 """Domains: what the teacher can do, and how its answers are judged.
 
-A domain bundles its lookup tools (called while solving), its action functions (calling one
-is the answer), a system prompt, a task generator and a verifier. ``get_domain`` returns a
-built-in domain by name or imports a user's module that defines ``DOMAIN``.
+A domain is a plain Python module that defines ``DOMAIN = Domain(...)``:
+
+- ``lookup_functions``: tools the agent calls while solving (typed functions or pydantic models
+  with a ``run`` method); their JSON schema comes from type hints and the docstring.
+- ``action_functions``: final-answer functions (or pydantic models); calling one ends the task
+  and that call is the answer.
+- ``system_prompt``: what the teacher is told.
+- ``compare``: gold comparison (default: :func:`dataengine.verify.compare_calls`, BFCL-AST style).
+- ``check``: an optional programmatic check of an answer that needs no gold.
+- ``generate_tasks`` / ``load_tasks``: optional task generator and file loader.
+- ``planner``: optional offline chat model factory, used by ``--model planner``.
+
+``get_domain`` returns a built-in domain by name, or imports a module path or ``.py`` file.
 """
 from __future__ import annotations
 
@@ -14,29 +24,78 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from langchain_core.language_models import BaseChatModel
 from langchain_core.tools import BaseTool, StructuredTool
+from pydantic import BaseModel
 
 from supertiny.errors import UserError
 
 
-def as_tool(fn: Callable) -> BaseTool:
-    """A plain typed function -> a LangChain tool; the JSON schema comes from hints and docstring."""
+def as_tool(fn: Callable | type[BaseModel]) -> BaseTool:
+    """A typed function or a pydantic model -> a LangChain tool.
+
+    A function's JSON schema comes from its type hints and Google-style docstring. A pydantic
+    model's schema is the model itself (field descriptions included); calling the tool validates
+    the arguments into the model and returns ``instance.run()`` when it has a ``run`` method,
+    else the validated arguments (what an action needs).
+    """
+    if isinstance(fn, type) and issubclass(fn, BaseModel):
+        model = fn
+
+        def call(**kwargs: Any) -> Any:
+            instance = model(**kwargs)
+            return instance.run() if hasattr(instance, "run") else instance.model_dump(exclude_none=True)
+
+        return StructuredTool.from_function(call, name=model.__name__, description=(model.__doc__ or "").strip(),
+                                            args_schema=model)
     return StructuredTool.from_function(fn, parse_docstring=True)
+
+
+@dataclass
+class Task:
+    """A task as stored: ``gold`` is ``{"name": ..., "arguments": {...}}`` (or None: no gold)."""
+
+    id: str
+    domain: str
+    split: str
+    input: str
+    context: dict[str, Any]
+    gold: dict[str, Any] | None
+    slice: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _default_compare(predicted: dict[str, Any] | None, gold: dict[str, Any]) -> dict[str, Any]:
+    from dataengine.verify import compare_calls
+
+    return compare_calls(predicted, gold)
 
 
 @dataclass
 class Domain:
     name: str
     system_prompt: str
-    lookup_functions: list[Callable]
-    action_functions: list[Callable]
-    generate_tasks: Callable[..., list]  # (seed=..., n_train=..., ...) -> list[Task]
+    lookup_functions: list[Callable | type[BaseModel]]
+    action_functions: list[Callable | type[BaseModel]]
+    # (predicted call or None, gold call) -> {"exact": bool, "name_match": bool, "arg_f1": float, ...}
+    compare: Callable[[dict[str, Any] | None, dict[str, Any]], dict[str, Any]] = _default_compare
+    # (predicted call, task input, task context) -> None when the answer passes, else why it fails
+    check: Callable[[dict[str, Any], str, dict[str, Any]], str | None] | None = None
+    generate_tasks: Callable[..., list[Task]] | None = None  # (seed=, n_train=, n_dev=, n_test=) -> tasks
+    load_tasks: Callable[[Path], list[Task]] | None = None  # a file in the domain's own format -> tasks
+    planner: Callable[..., BaseChatModel] | None = None  # (temperature=, seed=) -> offline chat model
     tools: list[BaseTool] = field(init=False)
     actions: list[BaseTool] = field(init=False)
 
     def __post_init__(self) -> None:
         self.tools = [as_tool(fn) for fn in self.lookup_functions]
         self.actions = [as_tool(fn) for fn in self.action_functions]
+        if not self.actions:
+            raise ValueError(f"domain {self.name!r} needs at least one action function (the final answer)")
+        names = [t.name for t in self.tools + self.actions]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"domain {self.name!r}: tool names must be unique, repeated: {', '.join(duplicates)}")
 
     @property
     def action_names(self) -> set[str]:
@@ -61,12 +120,15 @@ Only name an artist when the user named one."""
 def _home_domain() -> Domain:
     from tools.home import functions, tasks
 
+    from agent.planner import HomePlannerChatModel
+
     return Domain(
         name="home",
         system_prompt=HOME_SYSTEM_PROMPT,
         lookup_functions=functions.LOOKUP_FUNCTIONS,
         action_functions=functions.ACTION_FUNCTIONS,
         generate_tasks=tasks.generate_tasks,
+        planner=HomePlannerChatModel,
     )
 
 
@@ -88,11 +150,16 @@ def get_domain(name: str) -> Domain:
             spec.loader.exec_module(module)
         else:
             module = importlib.import_module(name)
-    except (ImportError, FileNotFoundError):
+    except (ImportError, FileNotFoundError) as exc:
+        missing = getattr(exc, "name", None)
+        if isinstance(exc, ImportError) and missing and not name.startswith(missing) and not name.endswith(".py"):
+            raise UserError(f"domain {name!r} failed to import: {exc}") from None
         raise UserError(
             f"unknown domain {name!r}: built-in domains are {', '.join(BUILTIN_DOMAINS)}; "
             "or give an importable module or .py file that defines DOMAIN"
         ) from None
+    except Exception as exc:  # the user's module itself is broken: say where
+        raise UserError(f"domain {name!r} failed to load: {type(exc).__name__}: {exc}") from None
     domain = getattr(module, "DOMAIN", None)
     if not isinstance(domain, Domain):
         raise UserError(f"domain module {name!r} does not define DOMAIN = tools.registry.Domain(...)")

@@ -5,6 +5,7 @@ import pytest
 from sqlmodel import SQLModel
 
 from agent.run import TraceResult
+from dataengine.migrations import M001_INITIAL, MIGRATIONS
 from dataengine.store import Store
 from supertiny.errors import UserError
 from tools.home.tasks import generate_tasks
@@ -21,11 +22,27 @@ def _result(call=None, status="ok", calls=2, tokens=100):
 
 def test_migrations_are_recorded_and_the_database_is_in_wal_mode(store):
     with sqlite3.connect(store.path) as conn:
-        assert [r[0] for r in conn.execute("select name from _migrations")] == ["m001_initial"]
+        assert [r[0] for r in conn.execute("select name from _migrations order by name")] == [n for n, _ in MIGRATIONS]
         assert conn.execute("pragma journal_mode").fetchone()[0] == "wal"
     Store(store.path)  # reopening applies nothing twice
     with sqlite3.connect(store.path) as conn:
-        assert conn.execute("select count(*) from _migrations").fetchone()[0] == 1
+        assert conn.execute("select count(*) from _migrations").fetchone()[0] == len(MIGRATIONS)
+
+
+def test_a_database_written_by_the_first_version_is_upgraded_with_its_rows_intact(tmp_path):
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:  # what supertiny with only m001 left on disk
+        conn.executescript(M001_INITIAL)
+        conn.execute("create table _migrations (name text primary key, applied_at text not null)")
+        conn.execute("insert into _migrations values ('m001_initial', '2026-11-01T00:00:00')")
+        conn.execute("insert into traces (domain, model, input, context, messages, status, latency_ms, prompt_tokens,"
+                     " completion_tokens, model_calls, created_at) values ('home', 'planner', 'hi', '{}', '[]', 'ok',"
+                     " 1.0, 1, 1, 1, 'then')")
+    upgraded = Store(path)
+    assert upgraded.trace(1).input == "hi" and upgraded.trace(1).parent_trace_id is None
+    with sqlite3.connect(path) as conn:
+        assert "logprobs" in {row[1] for row in conn.execute("pragma table_info(model_calls)")}
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
 
 
 def test_sqlmodel_classes_match_the_migrated_schema(store):

@@ -11,12 +11,11 @@ train and dev; the rest of test is ``slice="seen"``.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 from tools.home.catalog import CATALOG, DEVICE_WORDS, SETTABLE
 from tools.home.timeexpr import WEEKDAYS, iso_duration
+from tools.registry import Task
 
 # intent -> {"train": [...], "test": [...]} phrasings. Slots: {song} {artist} {playlist}
 # {room} {device} {city} {when} {duration} {date} {value} {onoff}
@@ -84,20 +83,6 @@ NOVEL_INTENTS = ["play_song", "play_artist", "play_playlist", "add_to_playlist",
                  "device_set", "get_weather"]
 FILLER_PREFIXES = ["", "", "", "hey, ", "please ", "hey assistant ", "ok ", "could you "]
 FILLER_SUFFIXES = ["", "", "", " please", " thanks", " now"]
-
-
-@dataclass
-class Task:
-    """A task as stored: ``gold`` is ``{"name": ..., "arguments": {...}}``."""
-
-    id: str
-    domain: str
-    split: str
-    input: str
-    context: dict[str, Any]
-    gold: dict[str, Any]
-    slice: str | None = None
-    meta: dict[str, Any] = field(default_factory=dict)
 
 
 def _typo(word: str, rng: random.Random) -> str:
@@ -261,10 +246,11 @@ def generate_tasks(
     typo_rate: float = 0.2,
 ) -> list[Task]:
     """All three splits, deterministic for a seed. Ids read ``home-s<seed>-<split>-<n>``."""
-    rng = random.Random(seed)
     tasks: list[Task] = []
     intents = list(TEMPLATES)
     for split, count in (("train", n_train), ("dev", n_dev), ("test", n_test)):
+        # One generator per split: the test set must not change when --train grows.
+        rng = random.Random(f"home-{seed}-{split}")
         for index in range(count):
             novel = split == "test" and index < round(count * novel_fraction)
             intent = rng.choice(NOVEL_INTENTS if novel else intents)
