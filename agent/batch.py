@@ -17,7 +17,6 @@ from agent.graph import DEFAULT_MAX_MODEL_CALLS, build_agent
 from agent.run import run_request
 from dataengine.store import Store
 from supertiny.errors import UserError
-from tools.registry import get_domain
 
 
 @dataclass
@@ -48,7 +47,7 @@ def generate(store: Store, config: GenerateConfig,
     """Run the job; returns counts. ``on_progress(done, total, errors)`` after each trace."""
     if config.samples < 1:
         raise UserError(f"--samples must be >= 1, got {config.samples}")
-    domain = get_domain(config.domain)
+    domain = store.domain(config.domain)
     model = make_chat_model(config.model, domain=domain, temperature=config.temperature, seed=config.seed,
                             base_url=config.base_url, api_key=config.api_key, **config.model_options)
     tasks = store.tasks(domain=domain.name, split=config.split, limit=config.limit)

@@ -16,7 +16,7 @@ import time
 from typing import Annotated, Any, Literal, TypedDict
 
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AnyMessage, ToolMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, AnyMessage, ToolMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
@@ -39,10 +39,41 @@ def _error_message(call_id: str, name: str, error: str) -> ToolMessage:
     return ToolMessage(content=f"Error: {error}", tool_call_id=call_id, name=name, status="error")
 
 
-def _event(step: int, name: str, args: Any, result: Any = None, error: str | None = None,
+def tool_event(step: int, name: str, args: Any, result: Any = None, error: str | None = None,
            latency_ms: float = 0.0) -> dict[str, Any]:
     """One ``tool_events`` entry: becomes a ``tool_calls`` row."""
     return {"step": step, "name": name, "args": args, "result": result, "error": error, "latency_ms": latency_ms}
+
+
+def _streamed_message(bound_model: Any, messages: list[AnyMessage], **kwargs: Any) -> AIMessage:
+    """Stream one completion and judge its tool calls strictly.
+
+    langchain-core parses streamed tool-call arguments with a lenient partial-JSON parser that
+    "repairs" what the model sent ('{not json' becomes {}, a call cut off by max_tokens becomes a
+    valid-looking one). We keep the raw argument text of each call and send anything that is not
+    a complete JSON object back to the model as an invalid call, as the non-streaming path does."""
+    merged: AIMessageChunk | None = None
+    for chunk in bound_model.stream(messages, **kwargs):
+        merged = chunk if merged is None else merged + chunk
+    if merged is None:
+        return AIMessage(content="")
+    cut_off = merged.response_metadata.get("finish_reason") == "length"
+    valid, invalid = [], list(merged.invalid_tool_calls)
+    for raw in merged.tool_call_chunks:
+        text = raw.get("args") or ""
+        try:
+            args = json.loads(text) if text else {}
+            problem = "the completion was cut off by max_tokens" if cut_off else (
+                None if isinstance(args, dict) else "arguments are not a JSON object")
+        except json.JSONDecodeError as exc:
+            problem = f"arguments are not valid JSON ({exc.msg})"
+        if problem:
+            invalid.append({"name": raw.get("name"), "args": text, "id": raw.get("id"), "error": problem,
+                            "type": "invalid_tool_call"})
+        else:
+            valid.append({"name": raw.get("name"), "args": args, "id": raw.get("id"), "type": "tool_call"})
+    return AIMessage(content=merged.content, tool_calls=valid, invalid_tool_calls=invalid, id=merged.id,
+                     usage_metadata=merged.usage_metadata, response_metadata=merged.response_metadata)
 
 
 def _invalid_arguments(name: str, exc: ValidationError) -> str:
@@ -63,7 +94,11 @@ def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEF
     def call_model(state: AgentState, config: RunnableConfig) -> dict:
         seed = (config.get("configurable") or {}).get("seed")
         started = time.perf_counter()
-        message = bound_model.invoke(state["messages"], **({} if seed is None else {"seed": seed}))
+        kwargs = {} if seed is None else {"seed": seed}
+        if getattr(model, "streaming", False):
+            message = _streamed_message(bound_model, state["messages"], **kwargs)
+        else:
+            message = bound_model.invoke(state["messages"], **kwargs)
         message.response_metadata["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return {"messages": [message], "model_calls": state.get("model_calls", 0) + 1, "status": "running"}
 
@@ -80,9 +115,10 @@ def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEF
         replies, events = [], []
         step = state.get("model_calls", 0)
         for bad in getattr(last, "invalid_tool_calls", None) or []:
-            error = f"malformed tool call arguments for {bad.get('name')!r}: {bad.get('error') or bad.get('args')}"
+            detail = str(bad.get("error") or bad.get("args")).split("\nFor troubleshooting")[0]  # langchain's boilerplate link
+            error = f"malformed tool call arguments for {bad.get('name')!r}: {detail}"
             replies.append(_error_message(bad.get("id") or "", bad.get("name") or "", error))
-            events.append(_event(step, bad.get("name") or "", bad.get("args"), error=error))
+            events.append(tool_event(step, bad.get("name") or "", bad.get("args"), error=error))
         for call in last.tool_calls:
             started = time.perf_counter()
             result, error = None, None
@@ -97,7 +133,7 @@ def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEF
                 except Exception as exc:  # a tool's bug is the model's information, not our crash
                     error = f"{type(exc).__name__}: {exc}"
             latency = round((time.perf_counter() - started) * 1000, 3)
-            events.append(_event(step, call["name"], call["args"], result, error, latency))
+            events.append(tool_event(step, call["name"], call["args"], result, error, latency))
             if error is None:
                 content = result if isinstance(result, str) else json.dumps(result, ensure_ascii=False)
                 replies.append(ToolMessage(content=content, tool_call_id=call["id"], name=call["name"]))
@@ -114,7 +150,7 @@ def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEF
         except ValidationError as exc:
             error = _invalid_arguments(call["name"], exc)
             return {"messages": [_error_message(call["id"], call["name"], error)],
-                    "tool_events": [_event(step, call["name"], call["args"], error=error)]}
+                    "tool_events": [tool_event(step, call["name"], call["args"], error=error)]}
         # The action is the answer; answer every tool call so the history stays valid chat format.
         replies = [ToolMessage(content="done" if c is call else "skipped: the action ends the task",
                                tool_call_id=c["id"], name=c["name"]) for c in last.tool_calls]

@@ -7,23 +7,18 @@ requests through a general vocabulary of command words, so phrasings outside it 
 with ``temperature > 0`` it samples (intents, search hits, whether to bother with a lookup)
 so that best-of-N sampling has different candidates to choose from.
 
-Token counts are estimates (4 characters per token, the usual rule of thumb for English), so
-the cost columns compare like with like against a real endpoint's prompt of the same length.
+The chat-model plumbing (reading the conversation, sampling, token estimates) is
+:class:`agent.offline.OfflinePlannerChatModel`'s.
 """
 from __future__ import annotations
 
-import json
-import math
 import random
 import re
-import uuid
-from typing import Any, Sequence
+from typing import Any, ClassVar
 
-from langchain_core.language_models.chat_models import BaseChatModel
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
-from langchain_core.outputs import ChatGeneration, ChatResult
-from langchain_core.utils.function_calling import convert_to_openai_tool
+from langchain_core.messages import AIMessage
 
+from agent.offline import Conversation, OfflinePlannerChatModel
 from tools.home.catalog import DEVICE_WORDS
 
 FILLERS = ["hey assistant", "hey", "ok", "please", "could you", "can you", "thanks", "now", "for me"]
@@ -37,10 +32,6 @@ TIMER_WORDS = ["set a timer for", "start a timer for", "timer for", "set a timer
                "start", "set", "for"]
 DEVICE_VOCAB = sorted({w for words in DEVICE_WORDS.values() for w in words}, key=len, reverse=True)
 DATE_PHRASE = re.compile(r"\b(today|tomorrow|the day after tomorrow|on \w+day|this \w+day|in \d+ days?)\b")
-
-
-def estimate_tokens(text: str) -> int:
-    return max(1, math.ceil(len(text) / 4))
 
 
 def _clean(text: str) -> str:
@@ -65,33 +56,15 @@ def _split_last(text: str, separators: list[str]) -> tuple[str, str] | None:
     return text[: best[0]], text[best[0] + len(best[1]) + 2:]
 
 
-class HomePlannerChatModel(BaseChatModel):
-    """A real LangChain chat model (tool calling, usage metadata) for the home domain."""
+class HomePlannerChatModel(OfflinePlannerChatModel):
+    """The offline planner of the home domain."""
 
-    temperature: float = 0.0
-    seed: int = 0
     model_name: str = "planner"
+    not_a_request_reply: ClassVar[str] = "I can only handle smart-home requests."
 
     @property
     def _llm_type(self) -> str:
         return "supertiny-home-planner"
-
-    def bind_tools(self, tools: Sequence[Any], **kwargs: Any):
-        return self.bind(tools=[convert_to_openai_tool(t) for t in tools], **kwargs)
-
-    # -- sampling --------------------------------------------------------------------------
-
-    @staticmethod
-    def _rng(seed: int, request: str, purpose: str) -> random.Random:
-        # Seeded by the request so every call of one conversation makes the same choices.
-        return random.Random(f"{seed}:{purpose}:{request}")
-
-    def _choose(self, rng: random.Random, options: list[tuple[Any, float]]) -> Any:
-        if self.temperature <= 0 or len(options) == 1:
-            return max(options, key=lambda o: o[1])[0]
-        top = max(score for _, score in options)
-        weights = [math.exp((score - top) / self.temperature) for _, score in options]
-        return rng.choices([value for value, _ in options], weights=weights)[0]
 
     # -- understanding the request ---------------------------------------------------------
 
@@ -173,33 +146,16 @@ class HomePlannerChatModel(BaseChatModel):
 
     # -- the conversation ------------------------------------------------------------------
 
-    def _generate(self, messages: list[BaseMessage], stop=None, run_manager=None, **kwargs: Any) -> ChatResult:
-        human = next((m for m in messages if isinstance(m, HumanMessage)), None)
-        match = re.search(r"Request:\s*(.*)", str(human.content if human else ""), re.S)
-        if not match:
-            return self._reply(messages, kwargs, AIMessage(content="I can only handle smart-home requests."))
-        request = match.group(1).strip()
-        now_match = re.search(r"now=(\S+)", str(human.content))
-        seed = kwargs.get("seed", self.seed)  # a per-call seed wins, as in the OpenAI API
+    def _respond(self, conversation: Conversation) -> AIMessage:
+        request, results, seed = conversation.request, conversation.results, conversation.seed
+        now_match = re.search(r"now=(\S+)", conversation.user_message)
         plan = self._plan(request, now_match.group(1) if now_match else "", seed)
-
-        results: dict[str, Any] = {}  # slot -> parsed tool result, or an Exception text
-        calls = {tc["id"]: tc for m in messages if isinstance(m, AIMessage) for tc in m.tool_calls}
-        for m in messages:
-            if isinstance(m, ToolMessage) and m.tool_call_id in calls:
-                slot = calls[m.tool_call_id]["id"].split(":")[0]
-                results[slot] = ("error", m.content) if m.status == "error" else ("ok", _json(m.content))
-
         missing = {slot: spec for slot, spec in plan["lookups"].items() if slot not in results}
         if missing:
-            tool_calls = [
-                {"name": tool, "args": args, "id": f"{slot}:{uuid.uuid4().hex[:8]}", "type": "tool_call"}
-                for slot, (tool, args) in missing.items()
-            ]
-            return self._reply(messages, kwargs, AIMessage(content="", tool_calls=tool_calls))
-        final = self._final_call(plan, results, self._rng(seed, request, "final"))
-        call = {"name": final[0], "args": final[1], "id": f"final:{uuid.uuid4().hex[:8]}", "type": "tool_call"}
-        return self._reply(messages, kwargs, AIMessage(content="", tool_calls=[call]))
+            calls = [self.tool_call(slot, tool, args) for slot, (tool, args) in missing.items()]
+            return AIMessage(content="", tool_calls=calls)
+        name, args = self._final_call(plan, results, self._rng(seed, request, "final"))
+        return AIMessage(content="", tool_calls=[self.tool_call("final", name, args)])
 
     def _final_call(self, plan: dict, results: dict, rng: random.Random) -> tuple[str, dict[str, Any]]:
         intent, direct = plan["intent"], dict(plan["direct"])
@@ -245,28 +201,3 @@ class HomePlannerChatModel(BaseChatModel):
                 args["value"] = direct["value"]
             return "control_device", args
         return "get_weather", {"city": value("city", lambda r: r.get("city")), "date": value("date", lambda r: r.get("date"))}
-
-    def _reply(self, messages: list[BaseMessage], kwargs: dict, message: AIMessage) -> ChatResult:
-        prompt = json.dumps(kwargs.get("tools", [])) + "".join(
-            str(m.content) + json.dumps(getattr(m, "tool_calls", []) or []) for m in messages
-        )
-        completion = str(message.content) + json.dumps(
-            [{"name": c["name"], "arguments": c["args"]} for c in message.tool_calls]
-        )
-        prompt_tokens, completion_tokens = estimate_tokens(prompt), estimate_tokens(completion)
-        message.usage_metadata = {
-            "input_tokens": prompt_tokens, "output_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-        message.response_metadata = {
-            "model_name": self.model_name,
-            "finish_reason": "tool_calls" if message.tool_calls else "stop",
-        }
-        return ChatResult(generations=[ChatGeneration(message=message)])
-
-
-def _json(content: Any) -> Any:
-    try:
-        return json.loads(content) if isinstance(content, str) else content
-    except json.JSONDecodeError:
-        return None

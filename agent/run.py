@@ -4,6 +4,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Callable
 
 from langchain_core.language_models import BaseChatModel
@@ -46,6 +47,47 @@ def model_event(message: AIMessage) -> dict[str, Any]:
             "model": meta.get("model_name"), "logprobs": compact_logprobs(meta)}
 
 
+def trace_from_state(state: dict[str, Any], *, error: str | None, latency_ms: float | None = None,
+                     status: str | None = None) -> TraceResult:
+    """A graph state, final or where the run stopped, as the ``TraceResult`` that ``Store.add_trace`` stores.
+
+    ``error`` says why the run stopped early; only a model call can raise (tools never do), so it
+    is recorded as one more model call, the one that failed. ``latency_ms`` is the run's wall-clock
+    time; None sums what the model calls and tools took. ``status`` defaults to ``error`` after an
+    error, else the state's own."""
+    messages = state.get("messages", [])
+    model_events = [model_event(m) for m in messages if isinstance(m, AIMessage)]
+    if error:
+        model_events.append({"prompt_tokens": 0, "completion_tokens": 0, "latency_ms": None, "finish_reason": None,
+                             "model": None, "logprobs": None, "error": error})
+    tool_events = list(state.get("tool_events", []))
+    if latency_ms is None:
+        latency_ms = sum(e["latency_ms"] or 0 for e in model_events) + sum(e["latency_ms"] or 0 for e in tool_events)
+    return TraceResult(
+        messages=convert_to_openai_messages(messages),
+        final_call=state.get("final_call"),
+        status=status or ("error" if error else state.get("status", "running")),
+        error=error,
+        latency_ms=round(latency_ms, 3),
+        prompt_tokens=sum(e["prompt_tokens"] for e in model_events),
+        completion_tokens=sum(e["completion_tokens"] for e in model_events),
+        model_calls=len(model_events),
+        tool_events=tool_events,
+        model_events=model_events,
+    )
+
+
+def context_for_request(now: datetime | None, context: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The context a request runs with: ``context`` plus the local time ``now`` and its weekday.
+
+    With neither given, the time is the current minute. A ``context`` given without ``now`` is
+    taken as it is: a domain's context need not hold a time at all (e.g. ``{"limit": 500}``)."""
+    if context is not None and now is None:
+        return dict(context)
+    moment = now or datetime.now().replace(second=0, microsecond=0)
+    return {**(context or {}), "now": moment.strftime("%Y-%m-%dT%H:%M"), "weekday": moment.strftime("%A")}
+
+
 def run_request(domain: Domain, model: BaseChatModel, text: str, context: dict[str, Any], *,
                 max_model_calls: int = DEFAULT_MAX_MODEL_CALLS,
                 on_update: Callable[[str, dict], None] | None = None,
@@ -75,18 +117,4 @@ def run_request(domain: Domain, model: BaseChatModel, text: str, context: dict[s
         error = f"{type(exc).__name__}: {exc}"
         if on_update is not None:
             on_update("error", {"error": error, "traceback": traceback.format_exc()})
-    latency_ms = (time.perf_counter() - started) * 1000
-    model_events = [model_event(m) for m in state["messages"] if isinstance(m, AIMessage)]
-    status = "error" if error else state.get("status", "running")
-    return TraceResult(
-        messages=convert_to_openai_messages(state["messages"]),
-        final_call=state.get("final_call"),
-        status=status,
-        error=error,
-        latency_ms=round(latency_ms, 3),
-        prompt_tokens=sum(e["prompt_tokens"] for e in model_events),
-        completion_tokens=sum(e["completion_tokens"] for e in model_events),
-        model_calls=len(model_events),
-        tool_events=list(state.get("tool_events", [])),
-        model_events=model_events,
-    )
+    return trace_from_state(state, error=error, latency_ms=(time.perf_counter() - started) * 1000)

@@ -5,7 +5,6 @@ from typing import Any
 
 from dataengine.store import Store
 from dataengine.verify import CHECK_SCORER, SCORER
-from tools.registry import get_domain
 
 
 def verify_traces(store: Store, *, domain: str, split: str) -> dict[str, int]:
@@ -14,10 +13,10 @@ def verify_traces(store: Store, *, domain: str, split: str) -> dict[str, int]:
     ``gold_match`` (the domain's ``compare``) where the task has gold; ``domain_check`` (the
     domain's programmatic ``check``) on every trace with an answer, when the domain has one.
     A trace that passes both (or the one that applies) counts as passed."""
-    verifier = get_domain(domain)
-    tasks = {task.id: task for task in store.tasks(domain=domain, split=split)}
+    verifier = store.domain(domain)
+    tasks = {task.id: task for task in store.tasks(domain=verifier.name, split=split)}
     scores, passed, scored = [], 0, 0
-    for trace, _ in store.scored_traces(domain=domain, split=split, scorer=SCORER):
+    for trace, _ in store.scored_traces(domain=verifier.name, split=split, scorer=SCORER):
         task = tasks.get(trace.task_id)
         if task is None:
             continue
@@ -44,19 +43,24 @@ def best_of_n(store: Store, *, name: str, domain: str, split: str = "train", min
     def rank(trace):
         return trace.model_calls, trace.prompt_tokens + trace.completion_tokens, trace.id
 
+    domain = store.domain(domain).name
+    # A domain's programmatic check, where it scored a trace, must pass too.
+    check_failed = {trace.id for trace, value in store.scored_traces(domain=domain, split=split, scorer=CHECK_SCORER)
+                    if value is not None and value < 1.0}
     best: dict[str, Any] = {}
     seen_tasks: set[str] = set()
     for trace, value in store.scored_traces(domain=domain, split=split, scorer=SCORER):
         if model and trace.model != model:
             continue
         seen_tasks.add(trace.task_id)
-        if trace.status != "ok" or value is None or value < min_score:
+        if trace.status != "ok" or value is None or value < min_score or trace.id in check_failed:
             continue
         current = best.get(trace.task_id)
         if current is None or rank(trace) < rank(current):
             best[trace.task_id] = trace
     chosen = [best[task_id] for task_id in sorted(best)]
     spec = {"method": "best_of_n", "split": split, "scorer": SCORER, "min_score": min_score, "model": model,
+            "must_pass": CHECK_SCORER,
             "tie_break": ["model_calls", "tokens", "id"]}
     dataset = store.create_dataset(name, domain, spec, chosen)
     return dataset, {"tasks": len(seen_tasks), "kept": len(chosen), "dropped": len(seen_tasks) - len(chosen)}

@@ -9,14 +9,13 @@ from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from dataengine.store import Store
 from student.format import direct_completion, direct_prompt
-from tools.registry import get_domain
 
 
 def chat_records(store: Store, ref: str) -> list[dict[str, Any]]:
     """One OpenAI fine-tuning record per dataset item: messages ending with the assistant's
     action call, the tool schemas, and where it came from."""
     dataset = store.dataset(ref)
-    domain = get_domain(dataset.domain)
+    domain = store.domain(dataset.domain)
     tools = [convert_to_openai_tool(t) for t in domain.tools + domain.actions]
     records = []
     for trace, task in store.dataset_items(dataset.id):

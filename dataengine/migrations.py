@@ -175,9 +175,26 @@ ALTER TABLE traces ADD COLUMN thread_id TEXT;             -- LangGraph thread (d
 CREATE INDEX traces_parent ON traces (parent_trace_id);
 """
 
+M003_DOMAINS_AND_SQL_NULLS = """
+-- where a user-defined domain was loaded from, so later commands find it by its name
+CREATE TABLE domains (
+    name        TEXT PRIMARY KEY,           -- Domain.name, as stored in tasks.domain / traces.domain
+    spec        TEXT NOT NULL,              -- importable module path, or absolute path of a .py file
+    updated_at  TEXT NOT NULL
+);
+-- earlier versions wrote a missing JSON value as the text 'null': make it SQL NULL, as documented
+UPDATE tasks SET gold = NULL WHERE gold = 'null';
+UPDATE traces SET final_call = NULL WHERE final_call = 'null';
+UPDATE tool_calls SET args = NULL WHERE args = 'null';
+UPDATE tool_calls SET result = NULL WHERE result = 'null';
+UPDATE model_calls SET logprobs = NULL WHERE logprobs = 'null';
+UPDATE predictions SET prediction = NULL WHERE prediction = 'null';
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m002_endpoint_details", M002_ENDPOINT_DETAILS),
+    ("m003_domains_and_sql_nulls", M003_DOMAINS_AND_SQL_NULLS),
 ]
 
 

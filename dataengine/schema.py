@@ -14,7 +14,8 @@ def utcnow() -> str:
 
 
 def _json(nullable: bool = False) -> Any:
-    return Field(default=None if nullable else {}, sa_column=Column(JSON, nullable=nullable))
+    # none_as_null: Python None is SQL NULL (not the JSON text 'null'), so `where x is null` works.
+    return Field(default=None if nullable else {}, sa_column=Column(JSON(none_as_null=True), nullable=nullable))
 
 
 class TaskRow(SQLModel, table=True):
@@ -93,8 +94,8 @@ class ToolCallRow(SQLModel, table=True):
     step: int
     position: int
     name: str
-    args: Optional[Any] = Field(default=None, sa_column=Column(JSON))
-    result: Optional[Any] = Field(default=None, sa_column=Column(JSON))
+    args: Optional[Any] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    result: Optional[Any] = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     error: Optional[str] = None
     latency_ms: float
 
@@ -171,3 +172,10 @@ class PredictionRow(SQLModel, table=True):
     latency_ms: float
     tokens: int
     model_calls: int
+
+
+class DomainRow(SQLModel, table=True):
+    __tablename__ = "domains"  # m003
+    name: str = Field(primary_key=True)
+    spec: str  # importable module path, or absolute path of a .py file
+    updated_at: str = Field(default_factory=utcnow)

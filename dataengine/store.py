@@ -18,7 +18,7 @@ from sqlmodel import Session, select
 
 from dataengine.migrations import migrate
 from dataengine.schema import (
-    DatasetItemRow, DatasetRow, EvaluationRow, JobRow, ModelCallRow, ModelRow, PredictionRow, ScoreRow,
+    DatasetItemRow, DatasetRow, DomainRow, EvaluationRow, JobRow, ModelCallRow, ModelRow, PredictionRow, ScoreRow,
     TaskRow, ToolCallRow, TraceRow, utcnow,
 )
 from supertiny.errors import UserError
@@ -67,6 +67,26 @@ class Store:
 
     def session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
+
+    # ---- domains -------------------------------------------------------------------------
+
+    def domain(self, name_or_spec: str) -> Any:
+        """The ``tools.registry.Domain`` for a built-in name, a module path or ``.py`` file (recorded
+        under its name), or the name of a user domain recorded earlier in this database."""
+        from tools.registry import BUILTIN_DOMAINS, get_domain
+
+        if name_or_spec in BUILTIN_DOMAINS:
+            return get_domain(name_or_spec)
+        with self.session() as session:
+            recorded = session.get(DomainRow, name_or_spec)
+        if recorded is not None:
+            return get_domain(recorded.spec)
+        domain = get_domain(name_or_spec)
+        spec = str(Path(name_or_spec).resolve()) if name_or_spec.endswith(".py") else name_or_spec
+        with self.session() as session:
+            session.merge(DomainRow(name=domain.name, spec=spec, updated_at=utcnow()))
+            session.commit()
+        return domain
 
     # ---- tasks ---------------------------------------------------------------------------
 

@@ -19,7 +19,7 @@ from dataengine.schema import EvaluationRow, PredictionRow, TaskRow
 from dataengine.store import Store
 from dataengine.verify import compare_calls
 from supertiny.errors import UserError
-from tools.registry import get_domain
+from tools.registry import Domain
 
 
 @dataclass
@@ -31,15 +31,14 @@ class Prediction:
     model_calls: int
 
 
-def predict_with_teacher(tasks: list[TaskRow], model_spec: str, *, domain: str, base_url: str | None = None,
+def predict_with_teacher(tasks: list[TaskRow], model_spec: str, *, domain: Domain, base_url: str | None = None,
                          api_key: str | None = None, on_step: Callable[[], None] | None = None) -> list[Prediction]:
     """The teacher answers greedily (temperature 0), with its tools, one request at a time."""
-    teacher_domain = get_domain(domain)
     model = make_chat_model(model_spec, domain=domain, temperature=0.0, base_url=base_url, api_key=api_key)
-    graph = build_agent(teacher_domain, model)
+    graph = build_agent(domain, model)
     out = []
     for task in tasks:
-        result = run_request(teacher_domain, model, task.input, task.context, graph=graph)
+        result = run_request(domain, model, task.input, task.context, graph=graph)
         out.append(Prediction(task.id, result.final_call, result.latency_ms,
                               result.prompt_tokens + result.completion_tokens, result.model_calls))
         if on_step:
@@ -94,15 +93,16 @@ def run_eval(store: Store, *, domain: str, split: str, teacher: str | None, stud
              limit: int | None = None, base_url: str | None = None, api_key: str | None = None,
              on_model: Callable[[str, int], Callable[[], None] | None] | None = None) -> tuple[str, list[EvaluationRow]]:
     """Evaluate the teacher spec and each ``(label, model_dir)``; store and return the rows."""
-    tasks = [t for t in store.tasks(domain=domain, split=split, limit=limit) if t.gold is not None]
+    resolved = store.domain(domain)
+    tasks = [t for t in store.tasks(domain=resolved.name, split=split, limit=limit) if t.gold is not None]
     if not tasks:
         raise UserError(f"no {split} tasks with gold for domain {domain!r}: run `supertiny tasks generate` first")
-    compare = get_domain(domain).compare  # every model is graded by the domain's own verifier
+    compare = resolved.compare  # every model is graded by the domain's own verifier
     run_id = uuid.uuid4().hex[:12]
     rows: list[EvaluationRow] = []
     if teacher:
         step = on_model("teacher", len(tasks)) if on_model else None
-        preds = predict_with_teacher(tasks, teacher, domain=domain, base_url=base_url, api_key=api_key, on_step=step)
+        preds = predict_with_teacher(tasks, teacher, domain=resolved, base_url=base_url, api_key=api_key, on_step=step)
         r, p = summarize(run_id, "teacher", teacher, None, split, tasks, preds, compare)
         store.add_evaluation(r, p)
         rows += r

@@ -18,9 +18,9 @@ PROMPT_END = "\n=>"
 
 
 def direct_prompt(text: str, context: dict[str, Any] | None) -> str:
-    """The student's prompt: one line of context, the utterance, and the arrow it completes."""
+    """The student's prompt: one line of context (none when empty), the utterance, and the arrow."""
     ctx = " ".join(f"{key}={value}" for key, value in (context or {}).items())
-    return f"{ctx}\n{text.strip()}{PROMPT_END}"
+    return f"{ctx}\n{text.strip()}{PROMPT_END}" if ctx else f"{text.strip()}{PROMPT_END}"
 
 
 def format_call(call: dict[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """``supertiny``: thin noun groups over the library.
 
     supertiny tasks     generate | import | list
-    supertiny agent     run | generate
+    supertiny agent     run | chat | generate
     supertiny traces    list | show | verify
     supertiny dataset   build | list | export
     supertiny student   train
@@ -53,6 +53,26 @@ RetriesOpt = Annotated[int, typer.Option("--max-retries", help="Client retries o
 ParallelOpt = Annotated[Optional[bool], typer.Option("--parallel-tool-calls/--no-parallel-tool-calls",
                                                      help="Several tool calls per turn (default: the endpoint's).")]
 LogprobsOpt = Annotated[int, typer.Option("--top-logprobs", help="Store this many top log-probs per token (0: off).")]
+ContextOpt = Annotated[Optional[str], typer.Option(
+    "--context", help='Request context as a JSON object, e.g. \'{"limit": 500}\'; default: now and weekday.')]
+
+
+def parse_request_options(now: Optional[str], context: Optional[str]) -> tuple[Optional[datetime], Optional[dict]]:
+    """``--now`` and ``--context`` checked and parsed, for ``agent.run.context_for_request`` to combine
+    into a request's context (``agent chat`` does that per request, at the minute it is typed)."""
+    try:
+        moment = datetime.fromisoformat(now) if now else None
+    except ValueError:
+        raise UserError(f"--now: not an ISO 8601 time: {now!r} (e.g. 2026-03-14T09:30)") from None
+    if context is None:
+        return moment, None
+    try:
+        parsed = json.loads(context)
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--context: not JSON ({exc.msg} at column {exc.colno}): {context!r}") from None
+    if not isinstance(parsed, dict):
+        raise UserError(f"--context: must be a JSON object, got {context!r}")
+    return moment, parsed
 
 
 def endpoint_options(max_tokens: Optional[int], timeout: float, max_retries: int, parallel_tool_calls: Optional[bool],
@@ -85,9 +105,7 @@ def progress() -> Progress:
 def tasks_generate(domain: DomainOpt = "home", seed: int = 0, train: int = 400, dev: int = 60, test: int = 120,
                    as_json: JsonOpt = False) -> None:
     """Generate a domain's seeded train/dev/test tasks (idempotent for a seed)."""
-    from tools.registry import get_domain
-
-    d = get_domain(domain)
+    d = store().domain(domain)
     if d.generate_tasks is None:
         raise UserError(f"domain {d.name!r} has no task generator: import tasks with `supertiny tasks import`")
     inserted, present = store().add_tasks(d.generate_tasks(seed=seed, n_train=train, n_dev=dev, n_test=test))
@@ -98,9 +116,7 @@ def tasks_generate(domain: DomainOpt = "home", seed: int = 0, train: int = 400, 
 def tasks_import(path: Path, domain: DomainOpt = "home", as_json: JsonOpt = False) -> None:
     """Import tasks from JSONL ({"input", "context", "gold", "split", "slice", "id"} per line), or
     from any file the domain's own task loader reads."""
-    from tools.registry import get_domain
-
-    d = get_domain(domain)
+    d = store().domain(domain)
     if d.load_tasks is not None and path.suffix != ".jsonl":
         if not path.is_file():
             raise UserError(f"{path}: no such file")
@@ -124,6 +140,7 @@ def tasks_list(domain: Annotated[Optional[str], typer.Option()] = None, split: O
 @agent_app.command("run")
 def agent_run(text: str, domain: DomainOpt = "home", model: ModelOpt = "planner",
               now: Annotated[Optional[str], typer.Option(help="Local time for the request (ISO 8601); default: now.")] = None,
+              context: ContextOpt = None,
               temperature: float = 0.0, seed: int = 0, max_model_calls: int = 6,
               label: Annotated[Optional[str], typer.Option(help="Label stored with the trace.")] = None,
               base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None, max_tokens: MaxTokensOpt = None,
@@ -132,20 +149,14 @@ def agent_run(text: str, domain: DomainOpt = "home", model: ModelOpt = "planner"
     """Run the teacher on one request, print each step and store the trace."""
     from agent.backends import make_chat_model
     from agent.render import render_update
-    from agent.run import run_request
-    from tools.registry import get_domain
-
-    d = get_domain(domain)
-    try:
-        moment = datetime.fromisoformat(now) if now else datetime.now().replace(second=0, microsecond=0)
-    except ValueError:
-        raise UserError(f"--now: not an ISO 8601 time: {now!r} (e.g. 2026-03-14T09:30)") from None
-    context = {"now": moment.strftime("%Y-%m-%dT%H:%M"), "weekday": moment.strftime("%A")}
+    from agent.run import context_for_request, run_request
+    d = store().domain(domain)
+    request_context = context_for_request(*parse_request_options(now, context))
     chat = make_chat_model(model, domain=d, temperature=temperature, seed=seed, base_url=base_url, api_key=api_key,
                            **endpoint_options(max_tokens, timeout, max_retries, parallel_tool_calls, top_logprobs))
     on_update = None if as_json else (lambda node, update: render_update(console, node, update))
-    result = run_request(d, chat, text, context, max_model_calls=max_model_calls, on_update=on_update)
-    trace_id = store().add_trace(result, domain=d.name, model=model, input=text, context=context, label=label)
+    result = run_request(d, chat, text, request_context, max_model_calls=max_model_calls, on_update=on_update)
+    trace_id = store().add_trace(result, domain=d.name, model=model, input=text, context=request_context, label=label)
     summary = {"trace_id": trace_id, "status": result.status, "final_call": result.final_call,
                "model_calls": result.model_calls, "tokens": result.prompt_tokens + result.completion_tokens,
                "latency_ms": result.latency_ms, "error": result.error}
@@ -156,6 +167,37 @@ def agent_run(text: str, domain: DomainOpt = "home", model: ModelOpt = "planner"
                       f"{summary['tokens']} tokens · {result.latency_ms:.0f} ms[/]")
     if result.status == "error":
         raise typer.Exit(1)
+
+
+@agent_app.command("chat")
+def agent_chat(domain: DomainOpt = "home", model: ModelOpt = "planner", temperature: float = 0.0, seed: int = 0,
+               max_model_calls: int = 6,
+               now: Annotated[Optional[str], typer.Option(help="Local time for requests (ISO 8601); default: now.")] = None,
+               context: ContextOpt = None,
+               checkpoints: Annotated[Optional[Path], typer.Option(
+                   help="SQLite file for the session's checkpoints (default: checkpoints.db next to --db).")] = None,
+               step: Annotated[bool, typer.Option("--step", help="Start in step mode (pause before tool calls).")] = False,
+               base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None, max_tokens: MaxTokensOpt = None,
+               timeout: TimeoutOpt = 60.0, max_retries: RetriesOpt = 2, parallel_tool_calls: ParallelOpt = None,
+               top_logprobs: LogprobsOpt = 0) -> None:
+    """Interactive step-debugger: type a request and watch each step; pause before tool calls,
+    edit or answer them, rewind, branch, save traces and replay them (:help inside)."""
+    from agent.debugger import DebuggerShell, DebugSession, enable_line_editing, open_checkpointer
+
+    moment, fixed_context = parse_request_options(now, context)
+    s = store()
+    checkpoints = checkpoints or s.path.parent / "checkpoints.db"
+    session = DebugSession(s.domain(domain), s, open_checkpointer(checkpoints), model=model, temperature=temperature,
+                           seed=seed, max_model_calls=max_model_calls, now=moment, context=fixed_context,
+                           model_options={"base_url": base_url, "api_key": api_key,
+                                          **endpoint_options(max_tokens, timeout, max_retries, parallel_tool_calls,
+                                                             top_logprobs)})
+    session.step_mode = step
+    enable_line_editing()
+    try:
+        DebuggerShell(session, console, checkpoints=checkpoints).loop()
+    finally:
+        session.close()
 
 
 @agent_app.command("generate")

@@ -48,12 +48,10 @@ def train_and_register(store: Store, *, dataset_ref: str, base: str, out: Path, 
                               learning_rate=learning_rate or (5e-4 if mode == "lora" else 5e-5))
     except ValidationError as exc:
         raise _config_error(exc, "student train") from None
-    from tools.registry import get_domain
-
     lineage = {"dataset": {"name": dataset.name, "version": dataset.version, "id": dataset.id},
                "database": str(store.path.resolve()),
                # the student may only answer with these: DirectStudent constrains the name to them
-               "function_names": sorted(get_domain(dataset.domain).action_names)}
+               "function_names": sorted(store.domain(dataset.domain).action_names)}
     path = train_student(examples, config, lineage=lineage)
     manifest = read_manifest(path)
     parent = _parent_row(store, Path(manifest["parent"]), name=base)

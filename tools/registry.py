@@ -132,7 +132,29 @@ def _home_domain() -> Domain:
     )
 
 
-BUILTIN_DOMAINS = {"home": _home_domain}
+UNITS_SYSTEM_PROMPT = """You solve multi-step arithmetic and unit-conversion word problems.
+Do not compute in your head: use calculate for every arithmetic step and convert for every
+change of unit (temperatures included). Answer in the unit the question asks for. When you
+have the final number, call submit_answer once with the value and that unit's symbol."""
+
+
+def _units_domain() -> Domain:
+    from tools.units import functions, tasks
+    from tools.units.planner import UnitsPlannerChatModel
+
+    return Domain(
+        name="units",
+        system_prompt=UNITS_SYSTEM_PROMPT,
+        lookup_functions=functions.LOOKUP_FUNCTIONS,
+        action_functions=functions.ACTION_FUNCTIONS,
+        compare=functions.compare_answers,
+        check=functions.check_answer,
+        generate_tasks=tasks.generate_tasks,
+        planner=UnitsPlannerChatModel,
+    )
+
+
+BUILTIN_DOMAINS = {"home": _home_domain, "units": _units_domain}
 
 
 def get_domain(name: str) -> Domain:
@@ -151,8 +173,10 @@ def get_domain(name: str) -> Domain:
         else:
             module = importlib.import_module(name)
     except (ImportError, FileNotFoundError) as exc:
-        missing = getattr(exc, "name", None)
-        if isinstance(exc, ImportError) and missing and not name.startswith(missing) and not name.endswith(".py"):
+        missing = getattr(exc, "name", None) or ""
+        module_itself_missing = isinstance(exc, FileNotFoundError) or (
+            not name.endswith(".py") and (name == missing or name.startswith(missing + ".")))
+        if not module_itself_missing:
             raise UserError(f"domain {name!r} failed to import: {exc}") from None
         raise UserError(
             f"unknown domain {name!r}: built-in domains are {', '.join(BUILTIN_DOMAINS)}; "

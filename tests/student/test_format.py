@@ -9,9 +9,9 @@ def test_prompt_layout():
     assert prompt.endswith(PROMPT_END)
 
 
-def test_prompt_without_context_keeps_the_empty_context_line():
-    assert direct_prompt("hi", None) == "\nhi\n=>"
-    assert direct_prompt("hi", {}) == "\nhi\n=>"
+def test_prompt_without_context_has_no_context_line():
+    assert direct_prompt("hi", None) == "hi\n=>"
+    assert direct_prompt("hi", {}) == "hi\n=>"
 
 
 def test_completion_is_the_call_after_one_space():
