@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList,
+)
 
 from supertiny.errors import UserError
 from student.format import direct_prompt, parse_call
@@ -63,6 +65,32 @@ class _StopAtNewline(StoppingCriteria):
         return torch.tensor(["\n" in text for text in new_text], dtype=torch.bool, device=input_ids.device)
 
 
+class _AllowedNames(LogitsProcessor):
+    """Greedy decoding that may only spell one of the allowed function names.
+
+    ``sequences`` are the token ids each allowed ``" name"`` adds after the prompt. While the
+    generated tokens are a proper prefix of some sequence, every token that would leave all of
+    them is masked; once a whole name is spelled the model decodes freely ("(" and arguments).
+    No extra forward pass: the constraint rides along the one generation.
+    """
+
+    def __init__(self, sequences: list[list[int]], prompt_len: int):
+        self.sequences = sequences
+        self.prompt_len = prompt_len
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        generated = input_ids[0, self.prompt_len:].tolist()
+        if any(generated[: len(seq)] == seq for seq in self.sequences if len(generated) >= len(seq)):
+            return scores  # a whole name is spelled
+        allowed = {seq[len(generated)] for seq in self.sequences
+                   if len(seq) > len(generated) and seq[: len(generated)] == generated}
+        if not allowed:
+            return scores
+        mask = torch.full_like(scores, float("-inf"))
+        mask[:, sorted(allowed)] = 0.0
+        return scores + mask
+
+
 def function_names_of(path: str | Path) -> list[str] | None:
     """The action names a student was trained to call, from its manifest or its parents'."""
     seen = set()
@@ -81,9 +109,9 @@ class DirectStudent:
     """A loaded student model answering direct-mode prompts with greedy decoding.
 
     With ``function_names`` (by default: the names recorded in its manifest lineage) the
-    function name is *constrained*: we score every allowed ``" name("`` continuation in one
-    batched forward pass and keep the likeliest, then decode the arguments greedily. A small
-    model otherwise copies the user's verb ("save ... to ..." -> ``save_to_playlist``).
+    function name is *constrained*: greedy decoding may only spell one of them, then decodes
+    the arguments freely. A small model otherwise copies the user's verb ("save ... to ..."
+    -> ``save_to_playlist``).
     """
 
     def __init__(self, path: str | Path, max_new_tokens: int = 64, function_names: list[str] | None = None):
@@ -94,32 +122,18 @@ class DirectStudent:
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
         self.function_names = function_names if function_names is not None else function_names_of(self.path)
 
-    def _best_function(self, prompt: str) -> str:
-        """The allowed function name with the highest log-likelihood right after the prompt."""
-        prompt_len = len(self.tokenizer(prompt)["input_ids"])
-        texts = [f"{prompt} {name}(" for name in self.function_names]
-        batch = self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="right")
-        with torch.inference_mode():
-            logits = self.model(**batch).logits.float()
-        logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-        targets = batch["input_ids"][:, 1:]
-        token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-        mask = batch["attention_mask"][:, 1:].clone()
-        mask[:, : prompt_len - 1] = 0  # score only the name, not the shared prompt
-        scores = (token_logprobs * mask).sum(dim=1)
-        return self.function_names[int(scores.argmax())]
-
     def predict(self, text: str, context: dict[str, Any] | None) -> Prediction:
         start = time.perf_counter()
         prompt = direct_prompt(text, context)
-        prefix = ""
-        if self.function_names:
-            # Stop the forced text at the name: BPE pre-tokenizers split letters from "(", so the
-            # model continues with the same "(" / "()" tokens it was trained on.
-            prefix = f" {self._best_function(prompt)}"
         # Same call as TRL's training-time tokenization (default add_special_tokens).
-        inputs = self.tokenizer(prompt + prefix, return_tensors="pt")
+        inputs = self.tokenizer(prompt, return_tensors="pt")
         prompt_len = inputs["input_ids"].shape[1]
+        processors = LogitsProcessorList()
+        if self.function_names:
+            # The tokens each name adds after this prompt, tokenized together with the prompt as
+            # in training ("(" stays out: BPE splits it from the name's letters anyway).
+            sequences = [self.tokenizer(f"{prompt} {name}")["input_ids"][prompt_len:] for name in self.function_names]
+            processors.append(_AllowedNames(sequences, prompt_len))
         with torch.inference_mode():
             output = self.model.generate(
                 **inputs,
@@ -127,10 +141,11 @@ class DirectStudent:
                 do_sample=False,
                 pad_token_id=self.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
+                logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([_StopAtNewline(self.tokenizer, prompt_len)]),
             )
         new_tokens = output[0, prompt_len:]
-        raw = (prefix + self.tokenizer.decode(new_tokens, skip_special_tokens=True)).split("\n", 1)[0].strip()
+        raw = self.tokenizer.decode(new_tokens, skip_special_tokens=True).split("\n", 1)[0].strip()
         latency_ms = (time.perf_counter() - start) * 1000.0
         return Prediction(
             call=parse_call(raw),
