@@ -10,7 +10,7 @@ Both take the same :class:`ModelOptions`, validated once here at the edge.
 from __future__ import annotations
 
 import os
-from typing import Optional
+from typing import Any, Optional
 
 from langchain_core.language_models import BaseChatModel
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,8 +37,12 @@ class ModelOptions(BaseModel):
 
 
 def make_chat_model(spec: str, *, domain: str | Domain = "home", options: ModelOptions | None = None,
-                    **overrides) -> BaseChatModel:
-    """A chat model for ``spec``. ``overrides`` are ModelOptions fields (temperature=0.7, ...)."""
+                    http_async_client: Any = None, **overrides) -> BaseChatModel:
+    """A chat model for ``spec``. ``overrides`` are ModelOptions fields (temperature=0.7, ...).
+
+    ``http_async_client`` (an ``openai.DefaultAsyncHttpxClient``): the connection pool of the async
+    path. A batch job passes its own, closed when the job ends: langchain-openai's shared default
+    keeps connections bound to the first event loop that used it, which a second job cannot use."""
     try:
         options = ModelOptions.model_validate({**(options or ModelOptions()).model_dump(), **overrides})
     except ValidationError as exc:
@@ -71,6 +75,7 @@ def make_chat_model(spec: str, *, domain: str | Domain = "home", options: ModelO
             streaming=options.streaming,
             stream_usage=True,
             extra_body=extra_body or None,
+            http_async_client=http_async_client,
         )
     raise UserError(f"unknown model {spec!r}: use 'planner' or 'openai:<model-name>'")
 

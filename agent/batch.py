@@ -1,39 +1,122 @@
-"""Batch generation: run the teacher over stored tasks, N samples each, resumably.
+"""Batch generation jobs that survive the real world.
 
-The job is found again by its settings, so re-running the same command after a crash or
-Ctrl-C runs only the (task, sample) pairs that have no trace yet. Each trace is written in
-its own transaction as soon as it finishes, and the database refuses a second trace for the
-same (job, task, sample), so nothing is lost and nothing is duplicated.
+A job runs the teacher over a split's tasks, N samples each. It reads top to bottom as
+config -> setup -> loop -> result (:func:`run_job`):
+
+- **Found again by its settings** (``Store.job_for``): re-running the same ``agent generate``, or
+  ``supertiny jobs resume ID``, runs only the (task, sample) pairs without a trace, plus those whose
+  trace is an error, which the new trace replaces in place. How to run it (concurrency, rate
+  limits, retries, endpoint) may change between runs; what to generate may not.
+- **Many samples at once** on one event loop (the graph's async path, ChatOpenAI's async client).
+  Every model request goes through :meth:`SampleRun.call_model`: the rate limiter (requests/min,
+  tokens/min), our retries (exponential backoff with jitter; Retry-After honoured; the client's
+  own retries are off) and one ``attempts`` row per try, failed or not. Each request carries an
+  ``Idempotency-Key`` header, one key per (job, task, sample) plus the model call's step.
+- **Crash-safe**: one writer stores finished samples in batches, each batch one transaction with
+  its attempts and the job's counters. A kill -9 at any point loses at most the samples in flight
+  (redone on resume), and the database refuses a second trace for a (job, task, sample).
+- **Stops cleanly**: Ctrl-C (SIGINT) or SIGTERM abandons the samples in flight, stores what had
+  finished and their attempts, marks the job ``interrupted`` and raises :class:`JobInterrupted`
+  (a second Ctrl-C stops at once, like a kill). ``supertiny jobs cancel ID``, from any process,
+  stops a running job within a second (:class:`JobCancelled`). An endpoint that refuses us (401,
+  403, 404) stops the job rather than filling the database with error traces.
 """
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+import itertools
+import json
+import os
+import random
+import signal
+import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable, Iterator
+
+import openai
+from langchain_core.messages import AIMessage, AnyMessage
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agent.backends import make_chat_model
 from agent.graph import DEFAULT_MAX_MODEL_CALLS, build_agent
-from agent.run import run_request
-from dataengine.store import Store
+from agent.pricing import Price, find_price
+from agent.resilience import ABANDONED, RATE_LIMIT, Failure, RateLimiter, RetryPolicy, classify
+from agent.run import arun_request
+from dataengine.schema import JobRow, TaskRow, utcnow
+from dataengine.store import Store, TraceRecord
 from supertiny.errors import UserError
+
+# Endpoint options that say how to call, not what to generate: they stay out of the job's key.
+RUN_OPTIONS = ("timeout", "max_retries")
+CANCEL_POLL_S = 1.0  # how often a running job looks for `jobs cancel`
+WRITE_LINGER_S = 0.05  # how long a finished sample may wait for others to share its transaction
+WRITE_BATCH_MAX = 500  # samples per transaction, at most
 
 
 @dataclass
 class GenerateConfig:
+    # What to generate. These settings name the job: the same settings find the same job again.
     domain: str = "home"
     split: str = "train"
     model: str = "planner"
     samples: int = 4
     temperature: float = 0.7
     seed: int = 0
-    concurrency: int = 8
     max_model_calls: int = DEFAULT_MAX_MODEL_CALLS
     limit: int | None = None  # only the first N tasks of the split
-    base_url: str | None = None
-    api_key: str | None = None
-    # further agent.backends.ModelOptions fields: max_tokens, timeout, max_retries, top_logprobs, ...
+    # further agent.backends.ModelOptions fields: max_tokens, parallel_tool_calls, top_logprobs, timeout, ...
     model_options: dict[str, Any] = field(default_factory=dict)
+    # How to run it. May change from one run of a job to the next.
+    concurrency: int = 8  # samples in flight
+    rpm: float | None = None  # requests per minute (None: unlimited)
+    tpm: float | None = None  # tokens per minute, prompt + completion (None: unlimited)
+    max_attempts: int = 5  # tries per model request, the first included
+    retry_delay: float = 0.5  # seconds before the first retry, doubled each time, with jitter
+    base_url: str | None = None
+    api_key: str | None = None  # never stored
+
+    def job_settings(self) -> dict[str, Any]:
+        """What goes into the job's key (besides the named columns)."""
+        options = {k: v for k, v in self.model_options.items() if k not in RUN_OPTIONS}
+        return {"max_model_calls": self.max_model_calls, "limit": self.limit, **options}
+
+    def run_settings(self) -> dict[str, Any]:
+        """How this run runs, stored in the job's config under "run" (``jobs resume`` reuses it)."""
+        return {"concurrency": self.concurrency, "rpm": self.rpm, "tpm": self.tpm, "max_attempts": self.max_attempts,
+                "retry_delay": self.retry_delay, "base_url": self.base_url,
+                "timeout": self.model_options.get("timeout", 60.0)}
+
+    def check(self) -> None:
+        for name, value, low in (("--samples", self.samples, 1), ("--concurrency", self.concurrency, 1),
+                                 ("--max-attempts", self.max_attempts, 1)):
+            if value < low:
+                raise UserError(f"{name} must be >= {low}, got {value}")
+        for name, value in (("--rpm", self.rpm), ("--tpm", self.tpm)):
+            if value is not None and value <= 0:
+                raise UserError(f"{name} must be > 0, got {value}")
+        if self.retry_delay < 0:
+            raise UserError(f"--retry-delay must be >= 0, got {self.retry_delay}")
+
+
+def config_for_job(job: JobRow, **overrides: Any) -> GenerateConfig:
+    """The config that runs ``job`` again: its stored settings, then ``overrides`` (None: keep)."""
+    settings = dict(job.config)
+    run = settings.pop("run", {})
+    max_model_calls = settings.pop("max_model_calls", DEFAULT_MAX_MODEL_CALLS)
+    limit = settings.pop("limit", None)
+    settings.pop("max_retries", None)  # jobs from before m004 kept it here; retries are ours now
+    settings["timeout"] = run.get("timeout", settings.get("timeout", 60.0))
+    config = GenerateConfig(domain=job.domain, split=job.split, model=job.model, samples=job.samples,
+                            temperature=job.temperature, seed=job.seed, max_model_calls=max_model_calls, limit=limit,
+                            model_options=settings,
+                            **{k: run[k] for k in ("concurrency", "rpm", "tpm", "max_attempts", "retry_delay",
+                                                   "base_url") if k in run})
+    for name, value in overrides.items():
+        if value is not None:
+            setattr(config, name, value)
+    return config
 
 
 def sample_seed(job_seed: int, task_id: str, sample_index: int) -> int:
@@ -42,54 +125,333 @@ def sample_seed(job_seed: int, task_id: str, sample_index: int) -> int:
     return int(digest[:8], 16)
 
 
-def generate(store: Store, config: GenerateConfig,
-             on_progress: Callable[[int, int, int], None] | None = None) -> dict[str, int]:
-    """Run the job; returns counts. ``on_progress(done, total, errors)`` after each trace."""
-    if config.samples < 1:
-        raise UserError(f"--samples must be >= 1, got {config.samples}")
+def idempotency_key(job_key: str, task_id: str, sample_index: int) -> str:
+    """One key per (job, task, sample), the same in every run of the job."""
+    return hashlib.sha256(f"{job_key}\n{task_id}\n{sample_index}".encode()).hexdigest()[:32]
+
+
+# ---- how a job stops early ------------------------------------------------------------------
+
+
+class JobStopped(UserError):
+    """The job stopped before every sample had a trace; what finished is stored."""
+
+    status = "interrupted"
+
+    def __init__(self, job_id: int, done: int, total: int, reason: str):
+        self.job_id, self.done, self.total, self.reason = job_id, done, total, reason
+        super().__init__(f"job {job_id} stopped ({reason}) with {done}/{total} samples stored; "
+                         f"resume with `supertiny jobs resume {job_id}`")
+
+
+class JobInterrupted(JobStopped):
+    """Ctrl-C or SIGTERM: the job is marked ``interrupted``."""
+
+
+class JobCancelled(JobStopped):
+    """``jobs cancel``: the job stays ``cancelled`` until ``jobs resume`` runs it again."""
+
+    status = "cancelled"
+
+
+class JobRefused(JobStopped):
+    """The endpoint refused a request (bad key, no such model): every sample would fail the same way."""
+
+
+@dataclass
+class JobProgress:
+    """What a progress display shows, after each write (the job row's counters)."""
+
+    job_id: int
+    total: int
+    done: int
+    errors: int  # error traces
+    attempts: int
+    failed_attempts: int
+    prompt_tokens: int
+    completion_tokens: int
+    cost_usd: float | None
+
+    @classmethod
+    def of(cls, job: JobRow) -> "JobProgress":
+        return cls(job.id, job.samples_total, job.samples_done, job.samples_error, job.attempts, job.attempts_failed,
+                   job.prompt_tokens, job.completion_tokens, job.cost_usd)
+
+
+# ---- one sample: the model-call wrapper that retries, limits and records ----------------------
+
+
+@dataclass
+class JobRuntime:
+    """What every sample of one run shares."""
+
+    limiter: RateLimiter
+    retry: RetryPolicy
+    send_idempotency_key: bool  # only an HTTP endpoint has headers
+    tool_tokens: int  # the tool schemas' share of every prompt, for the tokens/min estimate
+    max_tokens: int | None
+    rng: random.Random = field(default_factory=random.Random)
+
+    def estimate_tokens(self, messages: list[AnyMessage]) -> int:
+        """Tokens a request will use, before it is sent (4 characters a token; corrected after)."""
+        if self.limiter.tokens is None:  # no tokens/min limit: nothing needs the estimate
+            return 0
+        chars = sum(len(str(m.content)) + len(json.dumps(getattr(m, "tool_calls", None) or [], default=str))
+                    for m in messages)
+        return self.tool_tokens + chars // 4 + (self.max_tokens or 0)
+
+
+class SampleRun:
+    """One (task, sample) of a job in flight: every attempt of every model request it makes."""
+
+    def __init__(self, runtime: JobRuntime, task: TaskRow, index: int, key: str):
+        self.runtime, self.task, self.index, self.key = runtime, task, index, key
+        self.attempts: list[dict[str, Any]] = []  # rows for the attempts table
+        self.refusal: str | None = None  # set when the endpoint refused us: the job stops
+
+    async def call_model(self, request: Callable[..., Awaitable[AIMessage]], *, step: int,
+                         messages: list[AnyMessage]) -> AIMessage:
+        """The graph's model call (``configurable["model_call"]``): ``request`` tried until it
+        succeeds, fails for good, or ``max_attempts`` is spent; then its last error is raised and
+        the trace ends as an error trace."""
+        runtime = self.runtime
+        estimate = runtime.estimate_tokens(messages)
+        headers = {"extra_headers": {"Idempotency-Key": f"{self.key}-{step}"}} if runtime.send_idempotency_key else {}
+        first_started = None
+        for attempt in itertools.count(1):
+            await runtime.limiter.acquire(estimate)
+            started = time.perf_counter()
+            first_started = first_started or started
+            try:
+                message = await request(**headers)
+            except asyncio.CancelledError:  # the job stopped with this request in flight
+                self._record(step, attempt, started, error="abandoned: the job stopped", kind=ABANDONED)
+                raise
+            except Exception as exc:
+                failure = classify(exc)
+                self._record(step, attempt, started, error=f"{type(exc).__name__}: {exc}", kind=failure.kind,
+                             failure=failure)
+                if failure.refused:
+                    self.refusal = f"HTTP {failure.http_status}: {exc}"
+                if not failure.retryable or attempt >= runtime.retry.max_attempts:
+                    raise
+                if failure.kind == RATE_LIMIT and failure.retry_after:
+                    runtime.limiter.pause(failure.retry_after)  # the account is over its limit, not just this request
+                await asyncio.sleep(runtime.retry.delay(attempt, failure.retry_after, runtime.rng))
+                continue
+            usage = message.usage_metadata or {}
+            prompt, completion = usage.get("input_tokens", 0), usage.get("output_tokens", 0)
+            runtime.limiter.settle(estimate, prompt + completion)
+            self._record(step, attempt, started, prompt_tokens=prompt, completion_tokens=completion)
+            message.response_metadata["latency_ms"] = round((time.perf_counter() - first_started) * 1000, 3)
+            return message
+        raise AssertionError("unreachable")
+
+    def _record(self, step: int, attempt: int, started: float, *, error: str | None = None, kind: str | None = None,
+                failure: Failure | None = None, prompt_tokens: int = 0, completion_tokens: int = 0) -> None:
+        self.attempts.append({
+            "step": step, "attempt": attempt, "idempotency_key": self.key, "error": error, "error_kind": kind,
+            "http_status": failure.http_status if failure else None,
+            "retry_after_s": failure.retry_after if failure else None,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 3),
+            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "created_at": utcnow(),
+        })
+
+
+@dataclass
+class SampleOutcome:
+    """What the writer stores for one sample: its trace (None when its run was abandoned) and attempts."""
+
+    task_id: str
+    sample_index: int
+    record: TraceRecord | None
+    attempts: list[dict[str, Any]]
+
+
+# ---- the job ----------------------------------------------------------------------------------
+
+
+def generate(store: Store, config: GenerateConfig, on_progress: Callable[[JobProgress], None] | None = None,
+             *, job_id: int | None = None) -> dict[str, Any]:
+    """Run (or resume) a job to the end; returns its counts. See :func:`run_job`."""
+    return asyncio.run(run_job(store, config, on_progress, job_id=job_id))
+
+
+def resume(store: Store, job_id: int, on_progress: Callable[[JobProgress], None] | None = None,
+           **overrides: Any) -> dict[str, Any]:
+    """Run job ``job_id`` again with its stored settings (``overrides``: concurrency, rpm, api_key, ...)."""
+    return generate(store, config_for_job(store.existing_job(job_id), **overrides), on_progress, job_id=job_id)
+
+
+async def run_job(store: Store, config: GenerateConfig, on_progress: Callable[[JobProgress], None] | None = None,
+                  *, job_id: int | None = None) -> dict[str, Any]:
+    """Run the job ``config`` names (or job ``job_id``, which ``jobs resume`` passes: a cancelled
+    job runs again only then). Raises :class:`JobStopped` when it stops before the end."""
+    # -- config: the job, and what is left of it
+    config.check()
     domain = store.domain(config.domain)
-    model = make_chat_model(config.model, domain=domain, temperature=config.temperature, seed=config.seed,
-                            base_url=config.base_url, api_key=config.api_key, **config.model_options)
     tasks = store.tasks(domain=domain.name, split=config.split, limit=config.limit)
     if not tasks:
         raise UserError(f"no {config.split} tasks for domain {domain.name!r}: run `supertiny tasks generate` first")
-    job = store.job_for(kind="generate", domain=domain.name, split=config.split, model=config.model,
-                        samples=config.samples, temperature=config.temperature, seed=config.seed,
-                        config={"max_model_calls": config.max_model_calls, "limit": config.limit,
-                                **config.model_options})
-    done = store.done_samples(job.id)
-    todo = [(task, i) for task in tasks for i in range(config.samples) if (task.id, i) not in done]
-    total, finished, errors = len(tasks) * config.samples, len(tasks) * config.samples - len(todo), 0
+    if job_id is None:
+        job = store.job_for(kind="generate", domain=domain.name, split=config.split, model=config.model,
+                            samples=config.samples, temperature=config.temperature, seed=config.seed,
+                            config=config.job_settings())
+        if job.status == "cancelled":
+            raise UserError(f"job {job.id} was cancelled; `supertiny jobs resume {job.id}` runs it again")
+    else:
+        job = store.existing_job(job_id)
+    if job.status == "running" and job.pid not in (None, os.getpid()) and process_alive(job.pid):
+        raise UserError(f"job {job.id} is already running in process {job.pid}; "
+                        f"`supertiny jobs cancel {job.id}` stops it")
+    kept, error_traces = store.job_samples(job.id)
+    todo = [(task, i) for task in tasks for i in range(config.samples) if (task.id, i) not in kept]
+
+    # -- setup: the model, the graph, the shared limits
+    connections = openai.DefaultAsyncHttpxClient()  # this job's own pool: closed when it ends
+    model = make_chat_model(config.model, domain=domain, temperature=config.temperature, seed=config.seed,
+                            base_url=config.base_url, api_key=config.api_key, http_async_client=connections,
+                            **{**config.model_options, "max_retries": 0})  # retries are ours: every one recorded
+    graph = build_agent(domain, model, max_model_calls=config.max_model_calls, asynchronous=True)
+    tool_chars = len(json.dumps([convert_to_openai_tool(t) for t in domain.tools + domain.actions]))
+    runtime = JobRuntime(limiter=RateLimiter(config.rpm, config.tpm),
+                         retry=RetryPolicy(max_attempts=config.max_attempts, base_delay=config.retry_delay),
+                         send_idempotency_key=config.model.startswith("openai:"), tool_tokens=tool_chars // 4,
+                         max_tokens=config.model_options.get("max_tokens"))
+    price = find_price(config.model, {row.model: Price(row.prompt_usd_per_1m, row.completion_usd_per_1m, "database")
+                                      for row in store.prices()})
+    job = store.start_job(job.id, samples_total=len(tasks) * config.samples, run=config.run_settings())
     if on_progress:
-        on_progress(finished, total, errors)
+        on_progress(JobProgress.of(job))
 
-    graph = build_agent(domain, model, max_model_calls=config.max_model_calls)  # compiled once per job
+    # -- loop: workers run samples, one writer stores them, a watcher looks for `jobs cancel`
+    results: asyncio.Queue[SampleOutcome | None] = asyncio.Queue()  # unbounded: a finished sample is never dropped
+    in_flight: dict[tuple[str, int], SampleRun] = {}
+    pending: Iterator[tuple[TaskRow, int]] = iter(todo)  # one iterator shared by every worker: each takes the next
+    stop = asyncio.Event()
+    stopped_by: list[tuple[type[JobStopped], str]] = []  # why the loop stopped early; the first reason wins
+    counts = {"not_ok": 0, "attempts": 0, "failed_attempts": 0}
 
-    def run_one(task, sample_index):
-        return run_request(domain, model, task.input, task.context, max_model_calls=config.max_model_calls,
-                           graph=graph, seed=sample_seed(config.seed, task.id, sample_index))
+    def stop_because(kind: type[JobStopped], reason: str) -> None:
+        if not stopped_by:
+            stopped_by.append((kind, reason))
+        stop.set()
 
-    # Workers only run the agent; this thread does every write, so SQLite sees one writer.
-    with ThreadPoolExecutor(max_workers=max(1, config.concurrency)) as pool:
-        pending = {}
-        queue = iter(todo)
-        for task, i in queue:
-            pending[pool.submit(run_one, task, i)] = (task, i)
-            if len(pending) >= 2 * config.concurrency:
-                break
-        while pending:
-            completed, _ = wait(pending, return_when=FIRST_COMPLETED)
-            for future in completed:
-                task, i = pending.pop(future)
-                result = future.result()
-                store.add_trace(result, domain=domain.name, model=config.model, input=task.input,
-                                context=task.context, task_id=task.id, job_id=job.id, sample_index=i)
-                finished += 1
-                errors += result.status != "ok"
+    async def worker() -> None:
+        for task, index in pending:
+            run = SampleRun(runtime, task, index, idempotency_key(job.key, task.id, index))
+            in_flight[(task.id, index)] = run
+            result = await arun_request(domain, graph, task.input, task.context,
+                                        max_model_calls=config.max_model_calls,
+                                        configurable={"seed": sample_seed(config.seed, task.id, index),
+                                                      "model_call": run.call_model})
+            del in_flight[(task.id, index)]
+            if run.refusal:  # not this sample's fault: store its attempts, not an error trace, and stop
+                await results.put(SampleOutcome(task.id, index, None, run.attempts))
+                stop_because(JobRefused, f"the endpoint refused a request: {run.refusal}")
+                return
+            record = TraceRecord.from_result(result, domain=domain.name, model=config.model, input=task.input,
+                                             context=task.context, task_id=task.id, job_id=job.id, sample_index=index)
+            await results.put(SampleOutcome(task.id, index, record, run.attempts))
+
+    async def writer() -> None:
+        while True:
+            batch = [await results.get()]
+            if batch[0] is not None:
+                # One transaction per sample costs ~10x the CPU of one per 30: linger a moment so that a
+                # batch gathers (a kill -9 loses at most this much more finished work).
+                await asyncio.sleep(WRITE_LINGER_S)
+            while not results.empty() and len(batch) < WRITE_BATCH_MAX and batch[-1] is not None:
+                batch.append(results.get_nowait())
+            outcomes = [o for o in batch if o is not None]
+            if outcomes:
+                row = await asyncio.to_thread(store.record_job_results, job.id, outcomes, price)
+                counts["not_ok"] += sum(o.record is not None and o.record.status != "ok" for o in outcomes)
+                counts["attempts"] += sum(len(o.attempts) for o in outcomes)
+                counts["failed_attempts"] += sum(a["error"] is not None for o in outcomes for a in o.attempts)
                 if on_progress:
-                    on_progress(finished, total, errors)
-                nxt = next(queue, None)
-                if nxt is not None:
-                    pending[pool.submit(run_one, *nxt)] = nxt
-    store.set_job_status(job.id, "done")
-    return {"job_id": job.id, "total": total, "new": len(todo), "not_ok": errors}
+                    on_progress(JobProgress.of(row))
+            if None in batch:
+                return
+
+    async def watch_for_cancel() -> None:
+        while True:
+            await asyncio.sleep(CANCEL_POLL_S)
+            if await asyncio.to_thread(store.job_status, job.id) == "cancelled":
+                stop_because(JobCancelled, "cancelled")
+                return
+
+    workers = [asyncio.create_task(worker()) for _ in range(min(config.concurrency, len(todo)))]
+    writing = asyncio.create_task(writer())
+    side_tasks = [asyncio.create_task(watch_for_cancel()), asyncio.create_task(stop.wait())]
+    with _stop_on_signals(lambda name: stop_because(JobInterrupted, f"interrupted by {name}")):
+        try:
+            busy = set(workers)
+            while busy and not stop.is_set() and not writing.done():
+                finished, _ = await asyncio.wait({*busy, writing, side_tasks[1]}, return_when=asyncio.FIRST_COMPLETED)
+                busy -= finished
+                if any(w in workers and w.exception() for w in finished):
+                    break  # a bug in a worker: stop the others
+        finally:
+            # Abandon what is in flight (a resume redoes it), keep the attempts it made, store what finished.
+            for t in (*workers, *side_tasks):
+                t.cancel()
+            await asyncio.gather(*workers, *side_tasks, return_exceptions=True)
+            for (task_id, index), run in list(in_flight.items()):
+                await results.put(SampleOutcome(task_id, index, None, run.attempts))
+            await results.put(None)
+            await asyncio.wait([writing])  # its own error, if any, is raised below
+            await connections.aclose()
+
+    # -- result: the job's status and counts, or why it stopped
+    crash = writing.exception() or next(
+        (w.exception() for w in workers if not w.cancelled() and w.exception() is not None), None)
+    if crash is not None:
+        store.stop_job(job.id, "interrupted", f"crashed: {type(crash).__name__}: {crash}")
+        raise crash
+    job = store.job(job.id)
+    if stopped_by and job.samples_done < job.samples_total:
+        kind, reason = stopped_by[0]
+        if kind is not JobCancelled:  # a cancelled job stays cancelled
+            job = store.stop_job(job.id, kind.status, reason)
+        raise kind(job.id, job.samples_done, job.samples_total, reason)
+    job = store.stop_job(job.id, "done", None)
+    return {"job_id": job.id, "status": job.status, "total": job.samples_total, "new": len(todo),
+            "retried": sum(1 for task, i in todo if (task.id, i) in error_traces), "not_ok": counts["not_ok"],
+            "errors": job.samples_error, "attempts": counts["attempts"], "failed_attempts": counts["failed_attempts"],
+            "prompt_tokens": job.prompt_tokens, "completion_tokens": job.completion_tokens, "cost_usd": job.cost_usd}
+
+
+@contextlib.contextmanager
+def _stop_on_signals(stop: Callable[[str], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``stop`` once; a second Ctrl-C then stops at once (KeyboardInterrupt).
+    Only the main thread can take signals: elsewhere this does nothing."""
+    loop = asyncio.get_running_loop()
+    installed = []
+
+    def handler(sig: signal.Signals) -> None:
+        loop.remove_signal_handler(sig)  # the next one gets Python's default: KeyboardInterrupt / exit
+        stop(sig.name)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(sig, handler, sig)
+            installed.append(sig)
+        except (ValueError, RuntimeError, NotImplementedError):  # not the main thread, or no signals here
+            pass
+    try:
+        yield
+    finally:
+        for sig in installed:
+            loop.remove_signal_handler(sig)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True

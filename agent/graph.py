@@ -10,10 +10,11 @@ exceptions go back to the model as error tool messages and are recorded in ``too
 """
 from __future__ import annotations
 
+import functools
 import json
 import operator
 import time
-from typing import Annotated, Any, Literal, TypedDict
+from typing import Annotated, Any, Awaitable, Callable, Literal, TypedDict
 
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, AnyMessage, ToolMessage
@@ -46,15 +47,28 @@ def tool_event(step: int, name: str, args: Any, result: Any = None, error: str |
 
 
 def _streamed_message(bound_model: Any, messages: list[AnyMessage], **kwargs: Any) -> AIMessage:
-    """Stream one completion and judge its tool calls strictly.
+    """Stream one completion and judge its tool calls strictly (:func:`_judge_stream`)."""
+    merged: AIMessageChunk | None = None
+    for chunk in bound_model.stream(messages, **kwargs):
+        merged = chunk if merged is None else merged + chunk
+    return _judge_stream(merged)
+
+
+async def _astreamed_message(bound_model: Any, messages: list[AnyMessage], **kwargs: Any) -> AIMessage:
+    """:func:`_streamed_message` on the event loop."""
+    merged: AIMessageChunk | None = None
+    async for chunk in bound_model.astream(messages, **kwargs):
+        merged = chunk if merged is None else merged + chunk
+    return _judge_stream(merged)
+
+
+def _judge_stream(merged: AIMessageChunk | None) -> AIMessage:
+    """A streamed completion as one message, its tool calls judged strictly.
 
     langchain-core parses streamed tool-call arguments with a lenient partial-JSON parser that
     "repairs" what the model sent ('{not json' becomes {}, a call cut off by max_tokens becomes a
     valid-looking one). We keep the raw argument text of each call and send anything that is not
     a complete JSON object back to the model as an invalid call, as the non-streaming path does."""
-    merged: AIMessageChunk | None = None
-    for chunk in bound_model.stream(messages, **kwargs):
-        merged = chunk if merged is None else merged + chunk
     if merged is None:
         return AIMessage(content="")
     cut_off = merged.response_metadata.get("finish_reason") == "length"
@@ -76,31 +90,71 @@ def _streamed_message(bound_model: Any, messages: list[AnyMessage], **kwargs: An
                      usage_metadata=merged.usage_metadata, response_metadata=merged.response_metadata)
 
 
+async def _arequest(model: BaseChatModel, bound_model: Any, messages: list[AnyMessage], **kwargs: Any) -> AIMessage:
+    """One completion, awaited. A chat model without its own async path (the offline planners) is
+    called directly: it computes rather than waits, and LangChain would hand each call to a thread."""
+    if getattr(model, "streaming", False):
+        return await _astreamed_message(bound_model, messages, **kwargs)
+    if type(model)._agenerate is BaseChatModel._agenerate:
+        return bound_model.invoke(messages, **kwargs)
+    return await bound_model.ainvoke(messages, **kwargs)
+
+
+def _as_coroutine(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """``func`` as a coroutine function. LangGraph runs a plain function of an async run in a worker
+    thread; quick, CPU-only steps (routing, validating the action) are cheaper on the event loop."""
+    @functools.wraps(func)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        return func(*args, **kwargs)
+    return run
+
+
 def _invalid_arguments(name: str, exc: ValidationError) -> str:
     first = exc.errors()[0]
     return f"invalid arguments for {name}: {first['loc']} {first['msg']}"
 
 
 def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEFAULT_MAX_MODEL_CALLS,
-                checkpointer=None):
+                checkpointer=None, asynchronous: bool = False):
     """Compile the teacher graph for ``domain`` driven by ``model``.
 
     One compiled graph serves many requests: a per-request sampling seed travels in
-    ``config["configurable"]["seed"]`` and is passed to the model call."""
+    ``config["configurable"]["seed"]`` and is passed to the model call.
+
+    ``asynchronous=True`` compiles a graph for ``ainvoke``/``astream`` (batch jobs run many
+    requests on one event loop): the model is awaited, and ``config["configurable"]["model_call"]``,
+    when given, wraps every model request (a job's retries and rate limits, agent/batch.py)."""
     bound_model = model.bind_tools(domain.tools + domain.actions)
     lookups = {tool.name: tool for tool in domain.tools}
     actions = {tool.name: tool for tool in domain.actions}
 
-    def call_model(state: AgentState, config: RunnableConfig) -> dict:
+    def seed_kwargs(config: RunnableConfig) -> dict:
         seed = (config.get("configurable") or {}).get("seed")
+        return {} if seed is None else {"seed": seed}
+
+    def call_model(state: AgentState, config: RunnableConfig) -> dict:
         started = time.perf_counter()
-        kwargs = {} if seed is None else {"seed": seed}
+        kwargs = seed_kwargs(config)
         if getattr(model, "streaming", False):
             message = _streamed_message(bound_model, state["messages"], **kwargs)
         else:
             message = bound_model.invoke(state["messages"], **kwargs)
         message.response_metadata["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return {"messages": [message], "model_calls": state.get("model_calls", 0) + 1, "status": "running"}
+
+    async def acall_model(state: AgentState, config: RunnableConfig) -> dict:
+        started = time.perf_counter()
+        kwargs = seed_kwargs(config)
+        step = state.get("model_calls", 0) + 1
+
+        async def request(**extra: Any) -> AIMessage:  # one HTTP request; ``extra``: e.g. extra_headers
+            return await _arequest(model, bound_model, state["messages"], **kwargs, **extra)
+
+        wrapper = (config.get("configurable") or {}).get("model_call")
+        message = await (wrapper(request, step=step, messages=state["messages"]) if wrapper else request())
+        # A wrapper that retried reports the time from its first attempt; else this call's own time.
+        message.response_metadata.setdefault("latency_ms", round((time.perf_counter() - started) * 1000, 3))
+        return {"messages": [message], "model_calls": step, "status": "running"}
 
     def after_model(state: AgentState) -> Literal["run_tools", "submit_action", "no_call"]:
         last = state["messages"][-1]
@@ -169,16 +223,19 @@ def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEF
     def budget_exhausted(state: AgentState) -> dict:
         return {"status": "budget_exhausted"}
 
+    # In an async graph the quick steps run on the event loop; run_tools stays a plain function,
+    # which LangGraph runs in a worker thread: a user domain's tool may block (a lookup over HTTP).
+    quick = _as_coroutine if asynchronous else (lambda func: func)
     graph = StateGraph(AgentState)
-    graph.add_node("call_model", call_model)
+    graph.add_node("call_model", acall_model if asynchronous else call_model)
     graph.add_node("run_tools", run_tools)
-    graph.add_node("submit_action", submit_action)
-    graph.add_node("no_call", no_call)
-    graph.add_node("budget_exhausted", budget_exhausted)
+    graph.add_node("submit_action", quick(submit_action))
+    graph.add_node("no_call", quick(no_call))
+    graph.add_node("budget_exhausted", quick(budget_exhausted))
     graph.add_edge(START, "call_model")
-    graph.add_conditional_edges("call_model", after_model)
-    graph.add_conditional_edges("run_tools", after_tools)
-    graph.add_conditional_edges("submit_action", after_tools)
+    graph.add_conditional_edges("call_model", quick(after_model))
+    graph.add_conditional_edges("run_tools", quick(after_tools))
+    graph.add_conditional_edges("submit_action", quick(after_tools))
     graph.add_edge("no_call", END)
     graph.add_edge("budget_exhausted", END)
     return graph.compile(checkpointer=checkpointer)

@@ -88,6 +88,18 @@ def context_for_request(now: datetime | None, context: dict[str, Any] | None = N
     return {**(context or {}), "now": moment.strftime("%Y-%m-%dT%H:%M"), "weekday": moment.strftime("%A")}
 
 
+def first_state(domain: Domain, text: str, context: dict[str, Any]) -> dict[str, Any]:
+    """The graph state a request starts from: the system prompt and the rendered request."""
+    return {
+        "messages": [SystemMessage(domain.system_prompt), HumanMessage(domain.render_request(text, context))],
+        "model_calls": 0, "final_call": None, "status": "running", "tool_events": [],
+    }
+
+
+def run_config(max_model_calls: int, configurable: dict[str, Any]) -> dict[str, Any]:
+    return {"recursion_limit": 4 * max_model_calls + 10, "configurable": configurable}
+
+
 def run_request(domain: Domain, model: BaseChatModel, text: str, context: dict[str, Any], *,
                 max_model_calls: int = DEFAULT_MAX_MODEL_CALLS,
                 on_update: Callable[[str, dict], None] | None = None,
@@ -98,16 +110,12 @@ def run_request(domain: Domain, model: BaseChatModel, text: str, context: dict[s
     graph across many requests, and ``seed`` to sample this request with its own seed."""
     graph = graph or build_agent(domain, model, max_model_calls=max_model_calls)
     configurable = {} if seed is None else {"seed": seed}
-    state: dict[str, Any] = {
-        "messages": [SystemMessage(domain.system_prompt), HumanMessage(domain.render_request(text, context))],
-        "model_calls": 0, "final_call": None, "status": "running", "tool_events": [],
-    }
+    state = first_state(domain, text, context)
     error = None
     started = time.perf_counter()
     try:
         for mode, chunk in graph.stream(state, stream_mode=["updates", "values"],
-                                        config={"recursion_limit": 4 * max_model_calls + 10,
-                                                "configurable": configurable}):
+                                        config=run_config(max_model_calls, configurable)):
             if mode == "values":
                 state = chunk
             elif on_update is not None:
@@ -117,4 +125,22 @@ def run_request(domain: Domain, model: BaseChatModel, text: str, context: dict[s
         error = f"{type(exc).__name__}: {exc}"
         if on_update is not None:
             on_update("error", {"error": error, "traceback": traceback.format_exc()})
+    return trace_from_state(state, error=error, latency_ms=(time.perf_counter() - started) * 1000)
+
+
+async def arun_request(domain: Domain, graph: Any, text: str, context: dict[str, Any], *,
+                       max_model_calls: int = DEFAULT_MAX_MODEL_CALLS,
+                       configurable: dict[str, Any] | None = None) -> TraceResult:
+    """:func:`run_request` on an async graph (``build_agent(..., asynchronous=True)``), for batch jobs
+    that run many requests at once. ``configurable`` carries the sample's ``seed`` and the job's
+    ``model_call`` wrapper. A cancelled run (the job stopped) raises ``CancelledError``: no trace."""
+    state = first_state(domain, text, context)
+    error = None
+    started = time.perf_counter()
+    try:
+        async for state in graph.astream(state, stream_mode="values",
+                                         config=run_config(max_model_calls, configurable or {})):
+            pass
+    except Exception as exc:  # an endpoint failure (after the job's retries) ends this trace, not the job
+        error = f"{type(exc).__name__}: {exc}"
     return trace_from_state(state, error=error, latency_ms=(time.perf_counter() - started) * 1000)

@@ -7,6 +7,7 @@ The DDL here is the public schema documented in docs/schema.md.
 """
 from __future__ import annotations
 
+import re
 from datetime import datetime, timezone
 
 from sqlalchemy import Connection, text
@@ -191,11 +192,106 @@ UPDATE model_calls SET logprobs = NULL WHERE logprobs = 'null';
 UPDATE predictions SET prediction = NULL WHERE prediction = 'null';
 """
 
+M004_JOBS = """
+-- batch generation jobs that survive faults (agent/batch.py). Every model request a job makes is an
+-- attempt: failed ones carry their error. A job keeps running counters so `jobs list` reads one row.
+-- (No semicolons in these comments: migrate() splits statements on them.)
+ALTER TABLE jobs ADD COLUMN pid INTEGER;                              -- process running it (while status = running)
+ALTER TABLE jobs ADD COLUMN samples_total INTEGER NOT NULL DEFAULT 0; -- tasks x samples, as of its last start
+ALTER TABLE jobs ADD COLUMN samples_done INTEGER NOT NULL DEFAULT 0;  -- (task, sample) pairs with a trace
+ALTER TABLE jobs ADD COLUMN samples_error INTEGER NOT NULL DEFAULT 0; -- of those, error traces (a resume retries them)
+ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;      -- model requests made, retries included
+ALTER TABLE jobs ADD COLUMN attempts_failed INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN prompt_tokens INTEGER NOT NULL DEFAULT 0; -- over every attempt, abandoned runs included
+ALTER TABLE jobs ADD COLUMN completion_tokens INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE jobs ADD COLUMN cost_usd REAL;                            -- from the price table, null when the model has no price
+ALTER TABLE jobs ADD COLUMN stop_reason TEXT;                         -- why it stopped early (interrupted, cancelled, refused)
+-- jobs written before m004: what their traces say
+UPDATE jobs SET
+    samples_done = (SELECT count(*) FROM traces WHERE traces.job_id = jobs.id),
+    samples_error = (SELECT count(*) FROM traces WHERE traces.job_id = jobs.id AND traces.status = 'error'),
+    prompt_tokens = (SELECT coalesce(sum(prompt_tokens), 0) FROM traces WHERE traces.job_id = jobs.id),
+    completion_tokens = (SELECT coalesce(sum(completion_tokens), 0) FROM traces WHERE traces.job_id = jobs.id),
+    attempts = (SELECT coalesce(sum(model_calls), 0) FROM traces WHERE traces.job_id = jobs.id);
+UPDATE jobs SET samples_total = samples_done;
+
+CREATE TABLE attempts (
+    id                INTEGER PRIMARY KEY,
+    job_id            INTEGER NOT NULL REFERENCES jobs (id),
+    task_id           TEXT NOT NULL REFERENCES tasks (id),
+    sample_index      INTEGER NOT NULL,
+    trace_id          INTEGER REFERENCES traces (id) ON DELETE SET NULL,  -- the trace its run produced, null when that
+                                                                       -- run was abandoned or its error trace replaced
+    step              INTEGER NOT NULL,     -- the trace's model call it was for (1 = first)
+    attempt           INTEGER NOT NULL,     -- 1 = first try of that call, 2 = first retry, ...
+    idempotency_key   TEXT NOT NULL,        -- one per (job, task, sample), sent as the Idempotency-Key header (KEY-STEP)
+    error             TEXT,                 -- null: the attempt succeeded
+    error_kind        TEXT,                 -- rate_limit | server_error | timeout | connection | bad_response |
+                                            -- client_error | refused | abandoned | other
+    http_status       INTEGER,              -- when the endpoint answered with an HTTP error
+    retry_after_s     REAL,                 -- what the endpoint asked us to wait (Retry-After)
+    latency_ms        REAL NOT NULL,
+    prompt_tokens     INTEGER NOT NULL DEFAULT 0,
+    completion_tokens INTEGER NOT NULL DEFAULT 0,
+    created_at        TEXT NOT NULL
+);
+CREATE INDEX attempts_sample ON attempts (job_id, task_id, sample_index);
+CREATE INDEX attempts_trace ON attempts (trace_id);
+
+-- USD per million tokens, per model: overrides and extends the built-in table in agent/pricing.py
+CREATE TABLE prices (
+    model                 TEXT PRIMARY KEY, -- as in jobs.model (openai:gpt-4o-mini) or the bare name (gpt-4o-mini)
+    prompt_usd_per_1m     REAL NOT NULL,
+    completion_usd_per_1m REAL NOT NULL,
+    updated_at            TEXT NOT NULL
+);
+"""
+
+M005_CURATION = """
+-- curation reads scores by scorer (every judge, dedup or review score of a split, and `dataset
+-- build --require`): the unique (trace_id, scorer) index leads with the trace, so it cannot serve that.
+-- (No semicolons in these comments: migrate() splits statements on them.)
+-- Provenance (scorer version and config) is in details.provenance: no new columns.
+CREATE INDEX scores_scorer ON scores (scorer, value);
+"""
+
+M006_DATASETS = """
+-- `traces list` filters (--model, --status, --domain) walk these newest first: an index entry
+-- holds the rowid, so `WHERE model = ? ORDER BY id DESC LIMIT 20` reads 20 entries, sorts nothing
+CREATE INDEX traces_model ON traces (model);
+CREATE INDEX traces_status ON traces (status);
+CREATE INDEX traces_domain ON traces (domain);
+-- (job_id, task_id, sample_index) is unique, but that index orders a job's traces by task: --job needs its own
+CREATE INDEX traces_job ON traces (job_id);
+-- which versions hold a trace (lineage, and a job never replaces an error trace that a version holds)
+CREATE INDEX dataset_items_trace ON dataset_items (trace_id);
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m002_endpoint_details", M002_ENDPOINT_DETAILS),
     ("m003_domains_and_sql_nulls", M003_DOMAINS_AND_SQL_NULLS),
+    ("m004_jobs", M004_JOBS),
+    ("m005_curation", M005_CURATION),
+    ("m006_datasets", M006_DATASETS),
 ]
+
+
+# The DDL above is SQLite's. The same migrations run on PostgreSQL with three type spellings
+# changed: a rowid alias becomes an identity column, JSON becomes JSONB (it has equality, which
+# m003 uses), and REAL (8 bytes in SQLite, 4 in PostgreSQL) becomes DOUBLE PRECISION.
+_POSTGRESQL_SPELLINGS = [
+    (re.compile(r"\bINTEGER PRIMARY KEY\b"), "INTEGER GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"),
+    (re.compile(r"\bJSON\b"), "JSONB"),
+    (re.compile(r"\bREAL\b"), "DOUBLE PRECISION"),
+]
+
+
+def for_postgresql(statement: str) -> str:
+    """One SQLite DDL statement of ``MIGRATIONS`` as PostgreSQL spells it."""
+    for pattern, replacement in _POSTGRESQL_SPELLINGS:
+        statement = pattern.sub(replacement, statement)
+    return statement
 
 
 def migrate(connection: Connection) -> list[str]:
@@ -215,6 +311,8 @@ def migrate(connection: Connection) -> list[str]:
             continue
         for statement in ddl.split(";"):
             if statement.strip():
+                if connection.dialect.name == "postgresql":
+                    statement = for_postgresql(statement)
                 connection.execute(text(statement))
         connection.execute(
             text("INSERT INTO _migrations (name, applied_at) VALUES (:n, :t)"),

@@ -43,9 +43,20 @@ class JobRow(SQLModel, table=True):
     temperature: float
     seed: int
     config: dict = _json()
-    status: str = "running"
+    status: str = "running"  # running | done | interrupted | cancelled
     created_at: str = Field(default_factory=utcnow)
     updated_at: str = Field(default_factory=utcnow)
+    # m004: the job's process and running counters (agent/batch.py keeps them in step with its writes)
+    pid: Optional[int] = None
+    samples_total: int = 0
+    samples_done: int = 0
+    samples_error: int = 0
+    attempts: int = 0
+    attempts_failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cost_usd: Optional[float] = None
+    stop_reason: Optional[str] = None
 
 
 class TraceRow(SQLModel, table=True):
@@ -101,12 +112,12 @@ class ToolCallRow(SQLModel, table=True):
 
 
 class ScoreRow(SQLModel, table=True):
-    __tablename__ = "scores"
+    __tablename__ = "scores"  # m005 indexes (scorer, value)
     id: Optional[int] = Field(default=None, primary_key=True)
     trace_id: int
     scorer: str
     value: float
-    details: dict = _json()
+    details: dict = _json()  # always holds "provenance": {scorer, version, config} (dataengine/provenance.py)
     created_at: str = Field(default_factory=utcnow)
 
 
@@ -178,4 +189,32 @@ class DomainRow(SQLModel, table=True):
     __tablename__ = "domains"  # m003
     name: str = Field(primary_key=True)
     spec: str  # importable module path, or absolute path of a .py file
+    updated_at: str = Field(default_factory=utcnow)
+
+
+class AttemptRow(SQLModel, table=True):
+    __tablename__ = "attempts"  # m004: one per model request a job made; failed ones carry their error
+    id: Optional[int] = Field(default=None, primary_key=True)
+    job_id: int
+    task_id: str
+    sample_index: int
+    trace_id: Optional[int] = None  # null: its run was abandoned, or its error trace was replaced by a retry
+    step: int  # the trace's model call (1 = first)
+    attempt: int  # 1 = first try of that call
+    idempotency_key: str
+    error: Optional[str] = None
+    error_kind: Optional[str] = None  # rate_limit | server_error | timeout | connection | bad_response | ...
+    http_status: Optional[int] = None
+    retry_after_s: Optional[float] = None
+    latency_ms: float
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    created_at: str = Field(default_factory=utcnow)
+
+
+class PriceRow(SQLModel, table=True):
+    __tablename__ = "prices"  # m004: USD per million tokens; extends agent/pricing.py's built-in table
+    model: str = Field(primary_key=True)
+    prompt_usd_per_1m: float
+    completion_usd_per_1m: float
     updated_at: str = Field(default_factory=utcnow)

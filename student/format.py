@@ -3,15 +3,12 @@
 The teacher needs a long system prompt, tool schemas and several model calls per request.
 The student maps ``context + utterance`` straight to the final call in one short completion:
 
-    prompt:      "now=2026-03-14T09:30 weekday=Saturday\n"
-                 "next=Sun 03-15,Mon 03-16,Tue 03-17,Wed 03-18,Thu 03-19,Fri 03-20,Sat 03-21\n"
-                 "turn off the kitchen lights\n=>"
+    prompt:      "now=2026-03-14T09:30 weekday=Saturday\nturn off the kitchen lights\n=>"
     completion:  ' control_device(device_id="light.kitchen", action="off")'
 
-When the context has a ``now``, the prompt also lists the dates of the next seven days. The
-teacher resolves "on friday" with a tool; a 135M student cannot do calendar arithmetic
-reliably, but it can copy a date from its prompt. The line is computed from ``now`` alone, at
-training and at inference, so it costs ~40 prompt tokens and no model call.
+(We tried listing the next seven days' dates in the prompt, so that "on friday" becomes a copy
+instead of calendar arithmetic: it doubled the prompt, and so the training time, and did not
+raise exact match — 50% vs 55% on the demo's test split, one run each.)
 
 Values are JSON literals so that strings, numbers and nulls round-trip exactly.
 """
@@ -19,31 +16,15 @@ from __future__ import annotations
 
 import json
 import re
-from datetime import datetime, timedelta
 from typing import Any
 
 PROMPT_END = "\n=>"
 
 
-def next_days_line(now: Any) -> str | None:
-    """``next=Sun 03-15,Mon 03-16,...``: the seven days after ``now``; None when ``now`` is not ISO."""
-    try:
-        today = datetime.fromisoformat(str(now))
-    except ValueError:
-        return None
-    days = (today + timedelta(days=offset) for offset in range(1, 8))
-    return "next=" + ",".join(day.strftime("%a %m-%d") for day in days)
-
-
 def direct_prompt(text: str, context: dict[str, Any] | None) -> str:
-    """The student's prompt: the context line (none when empty), the next days when the context
-    has a ``now``, the utterance, and the arrow it completes."""
-    context = context or {}
-    lines = [" ".join(f"{key}={value}" for key, value in context.items())] if context else []
-    calendar = next_days_line(context["now"]) if "now" in context else None
-    if calendar:
-        lines.append(calendar)
-    return "\n".join(lines + [text.strip()]) + PROMPT_END
+    """The student's prompt: one line of context (none when empty), the utterance, and the arrow."""
+    ctx = " ".join(f"{key}={value}" for key, value in (context or {}).items())
+    return f"{ctx}\n{text.strip()}{PROMPT_END}" if ctx else f"{text.strip()}{PROMPT_END}"
 
 
 def format_call(call: dict[str, Any]) -> str:

@@ -11,7 +11,10 @@ from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 from pydantic import Field
 
+from agent.backends import make_chat_model
+from agent.run import run_request
 from dataengine.store import Store
+from tools.registry import Task, get_domain
 
 
 class ScriptedChatModel(BaseChatModel):
@@ -40,6 +43,21 @@ class ScriptedChatModel(BaseChatModel):
 
 def tool_call(name: str, args: dict, call_id: str) -> dict:
     return {"name": name, "args": args, "id": call_id, "type": "tool_call"}
+
+
+def store_planner_traces(store: Store, tasks: Sequence[Task], samples: int = 2, temperature: float = 0.7):
+    """Run the home planner ``samples`` times on each task (sample i with seed i) and store the traces
+    under one ``generate`` job; returns the job."""
+    domain = get_domain("home")
+    job = store.job_for(kind="generate", domain="home", split="train", model="planner", samples=samples,
+                        temperature=temperature, seed=0, config={})
+    for task in tasks:
+        for sample in range(samples):
+            model = make_chat_model("planner", domain=domain, temperature=temperature, seed=sample)
+            result = run_request(domain, model, task.input, task.context)
+            store.add_trace(result, domain="home", model="planner", input=task.input, context=task.context,
+                            task_id=task.id, job_id=job.id, sample_index=sample)
+    return job
 
 
 @pytest.fixture

@@ -154,7 +154,24 @@ def _units_domain() -> Domain:
     )
 
 
-BUILTIN_DOMAINS = {"home": _home_domain, "units": _units_domain}
+SNIPS_SYSTEM_PROMPT = """You are the language-understanding step of a voice assistant.
+Call exactly one of the intent functions for the user's request. Copy slot values verbatim from
+the request (the user's own words and spelling); leave out slots the request does not mention."""
+
+
+def _snips_domain() -> Domain:
+    from tools.snips import functions, tasks
+
+    return Domain(
+        name="snips",
+        system_prompt=SNIPS_SYSTEM_PROMPT,
+        lookup_functions=[],
+        action_functions=functions.ACTION_FUNCTIONS,
+        load_tasks=tasks.load_tasks,
+    )
+
+
+BUILTIN_DOMAINS = {"home": _home_domain, "units": _units_domain, "snips": _snips_domain}
 
 
 def get_domain(name: str) -> Domain:

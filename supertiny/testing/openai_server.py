@@ -516,6 +516,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = False  # server_close() joins the handler threads: a clean shutdown
+    request_queue_size = 128  # listen backlog: a burst of concurrent clients must not be reset (default 5)
     block_on_close = True
 
     def __init__(self, owner: "ScriptedOpenAIServer", host: str, port: int):

@@ -2,20 +2,12 @@
 typed, the screen read back), then the session logic directly, without a terminal."""
 from __future__ import annotations
 
-import fcntl
 import io
 import json
 import os
-import pty
 import re
-import select
-import signal
 import sqlite3
-import struct
-import subprocess
 import sys
-import termios
-import time
 from datetime import datetime
 
 import pytest
@@ -28,66 +20,8 @@ from agent.debugger import (
 from agent.graph import build_agent
 from supertiny.errors import UserError
 from tests.conftest import ScriptedChatModel
+from tests.terminal import Terminal
 from tools.registry import get_domain
-
-# Terminal control sequences (colours, bracketed paste, cursor moves) are not text on the screen.
-CONTROL = re.compile(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)|\x1b[=>]|\r")
-
-
-class Terminal:
-    """The CLI on a pty of a given size, as a terminal emulator would run it."""
-
-    def __init__(self, args: list[str], columns: int = 160, rows: int = 50):
-        self.master, child = pty.openpty()
-        fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-        env = {**os.environ, "TERM": "xterm-256color", "LC_ALL": "C.UTF-8", "COLUMNS": str(columns)}
-        env.pop("SUPERTINY_DB", None)
-        self.process = subprocess.Popen(args, stdin=child, stdout=child, stderr=child, env=env,
-                                        start_new_session=True, close_fds=True)
-        os.close(child)
-        self.raw = b""
-        self.mark = 0  # where the screen stood when the last line was typed
-
-    @property
-    def screen(self) -> str:
-        return CONTROL.sub("", self.raw.decode("utf-8", "replace"))
-
-    def _read(self, timeout: float) -> None:
-        ready, _, _ = select.select([self.master], [], [], max(timeout, 0))
-        if ready:
-            try:
-                self.raw += os.read(self.master, 65536)
-            except OSError:  # EIO: the program closed the terminal
-                time.sleep(0.05)
-
-    def expect(self, *texts: str, timeout: float = 20.0, skip_echo: bool = True) -> str:
-        """Wait until the program printed every text and shows its prompt again; return what it printed
-        since the last typed line (without the echo of that line)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            shown = self.screen[self.mark:]
-            output = shown.partition("\n")[2] if skip_echo else shown
-            if all(text in output for text in texts) and output.endswith("> "):
-                return output
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {texts!r}; the screen shows:\n{shown}")
-            if self.process.poll() is not None and not select.select([self.master], [], [], 0)[0]:
-                raise AssertionError(f"the program exited ({self.process.returncode}); the screen shows:\n{shown}")
-            self._read(deadline - time.monotonic())
-
-    def type(self, line: str) -> None:
-        self.mark = len(self.screen)
-        os.write(self.master, line.encode() + b"\r")
-
-    def command(self, line: str, *texts: str) -> str:
-        self.type(line)
-        return self.expect(*texts)
-
-    def close(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()
-        os.close(self.master)
 
 
 @pytest.fixture
@@ -104,7 +38,7 @@ def printed_lines(output: str) -> list[str]:
 
 
 def test_a_debugging_session_at_the_terminal(terminal, tmp_path):
-    terminal.expect("Type a request", skip_echo=False)
+    terminal.expect("Type a request")
     shown = terminal.command(":help", ":step on|off", ":edit [N] {json}", ":rewind N", ":replay TRACE_ID", ":quit")
     assert "pause before every tool call" in shown
 
