@@ -1,7 +1,7 @@
 """Named, append-only schema migrations, recorded in the ``_migrations`` table.
 
 Never edit a migration that has shipped: add a new one at the end. ``migrate`` applies the
-ones a database has not seen, each in its own transaction, and refuses a database that has
+ones a database has not seen, all in one transaction, and refuses a database that has
 migrations this version of supertiny does not know (it was written by a newer version).
 The DDL here is the public schema documented in docs/schema.md.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, inspect, text
 
 from supertiny.errors import UserError
 
@@ -294,17 +294,37 @@ def for_postgresql(statement: str) -> str:
     return statement
 
 
-def migrate(connection: Connection) -> list[str]:
-    """Apply pending migrations; returns the names applied."""
-    connection.execute(text("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))
-    applied = {row[0] for row in connection.execute(text("SELECT name FROM _migrations"))}
-    known = {name for name, _ in MIGRATIONS}
-    unknown = sorted(applied - known)
+def _applied(connection: Connection) -> set[str]:
+    if not inspect(connection).has_table("_migrations"):
+        return set()
+    return {row[0] for row in connection.execute(text("SELECT name FROM _migrations"))}
+
+
+def _refuse_unknown(applied: set[str]) -> None:
+    unknown = sorted(applied - {name for name, _ in MIGRATIONS})
     if unknown:
         raise UserError(
             f"database has migrations this supertiny does not know ({', '.join(unknown)}): "
             "it was written by a newer version; upgrade supertiny"
         )
+
+
+def migrate(connection: Connection) -> list[str]:
+    """Apply pending migrations, all in one transaction; returns the names applied.
+
+    On SQLite the transaction is opened with ``BEGIN IMMEDIATE``: the pysqlite driver would
+    otherwise run DDL outside any transaction, so a crash half-way through a migration would leave
+    it half applied, and two processes opening the same new database would both migrate it. A
+    database that is up to date takes no lock at all."""
+    applied = _applied(connection)
+    _refuse_unknown(applied)
+    if all(name in applied for name, _ in MIGRATIONS):
+        return []
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # waits (busy_timeout) for another migrator
+        applied = _applied(connection)  # that other process may have done the work meanwhile
+        _refuse_unknown(applied)
+    connection.execute(text("CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at TEXT NOT NULL)"))
     done = []
     for name, ddl in MIGRATIONS:
         if name in applied:

@@ -135,3 +135,20 @@ def test_datasets_are_versioned_and_unknown_names_are_user_errors(store):
         store.dataset("d@7")
     with pytest.raises(UserError, match="would be empty"):
         store.create_dataset("e", "home", {}, [])
+
+
+def test_a_migration_that_fails_half_way_leaves_nothing_behind(tmp_path, monkeypatch):
+    from dataengine import migrations
+
+    path = tmp_path / "half.db"
+    Store(path).add_tasks(generate_tasks(seed=0, n_train=3, n_dev=0, n_test=0))
+    # A future migration whose second statement fails: its first statement must not stay applied.
+    broken = ("m999_broken", "CREATE TABLE half_done (x INTEGER); INSERT INTO no_such_table VALUES (1)")
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*migrations.MIGRATIONS, broken])
+    with pytest.raises(Exception, match="no_such_table"):
+        Store(path)
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("select count(*) from sqlite_master where name = 'half_done'").fetchone()[0] == 0
+        assert conn.execute("select count(*) from _migrations where name = 'm999_broken'").fetchone()[0] == 0
+        assert conn.execute("select count(*) from tasks").fetchone()[0] == 3
+        assert conn.execute("pragma integrity_check").fetchone()[0] == "ok"
