@@ -41,7 +41,7 @@ def _error_message(call_id: str, name: str, error: str) -> ToolMessage:
 
 
 def tool_event(step: int, name: str, args: Any, result: Any = None, error: str | None = None,
-           latency_ms: float = 0.0) -> dict[str, Any]:
+               latency_ms: float = 0.0) -> dict[str, Any]:
     """One ``tool_events`` entry: becomes a ``tool_calls`` row."""
     return {"step": step, "name": name, "args": args, "result": result, "error": error, "latency_ms": latency_ms}
 
@@ -90,6 +90,13 @@ def _judge_stream(merged: AIMessageChunk | None) -> AIMessage:
                      usage_metadata=merged.usage_metadata, response_metadata=merged.response_metadata)
 
 
+def _request(model: BaseChatModel, bound_model: Any, messages: list[AnyMessage], **kwargs: Any) -> AIMessage:
+    """One completion: streamed (its tool calls judged strictly) when the model streams."""
+    if getattr(model, "streaming", False):
+        return _streamed_message(bound_model, messages, **kwargs)
+    return bound_model.invoke(messages, **kwargs)
+
+
 async def _arequest(model: BaseChatModel, bound_model: Any, messages: list[AnyMessage], **kwargs: Any) -> AIMessage:
     """One completion, awaited. A chat model without its own async path (the offline planners) is
     called directly: it computes rather than waits, and LangChain would hand each call to a thread."""
@@ -134,11 +141,7 @@ def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEF
 
     def call_model(state: AgentState, config: RunnableConfig) -> dict:
         started = time.perf_counter()
-        kwargs = seed_kwargs(config)
-        if getattr(model, "streaming", False):
-            message = _streamed_message(bound_model, state["messages"], **kwargs)
-        else:
-            message = bound_model.invoke(state["messages"], **kwargs)
+        message = _request(model, bound_model, state["messages"], **seed_kwargs(config))
         message.response_metadata["latency_ms"] = round((time.perf_counter() - started) * 1000, 3)
         return {"messages": [message], "model_calls": state.get("model_calls", 0) + 1, "status": "running"}
 

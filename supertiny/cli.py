@@ -20,7 +20,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import click
 import typer
@@ -44,7 +44,7 @@ for name, sub in [("tasks", tasks_app), ("agent", agent_app), ("traces", traces_
                   ("student", student_app), ("compress", compress_app), ("models", models_app)]:
     app.add_typer(sub, name=name)
 
-STATE: dict[str, Optional[str]] = {"db": None}
+STATE: dict[str, Any] = {"db": None, "store": None}
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DomainOpt = Annotated[str, typer.Option("--domain", help="Built-in domain name, importable module or .py file.")]
 ModelOpt = Annotated[str, typer.Option("--model", help="'planner' (offline) or 'openai:<model>'.")]
@@ -97,13 +97,16 @@ def _global(db: Annotated[Optional[str], typer.Option(
         "--db", envvar="SUPERTINY_DB",
         help="SQLite file (default db/supertiny.db) or SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db.")] = None,
         ) -> None:
-    STATE["db"] = db  # a string, not a Path: Path would fold the '//' of a URL
+    STATE["db"], STATE["store"] = db, None  # db a string, not a Path: Path would fold the '//' of a URL
 
 
 def store():
+    """The command's one Store: opened (and migrated) on first use, then shared by its steps."""
     from dataengine.store import Store
 
-    return Store(STATE["db"])
+    if STATE.get("store") is None:
+        STATE["store"] = Store(STATE["db"])
+    return STATE["store"]
 
 
 def progress() -> Progress:

@@ -4,10 +4,8 @@ in the SQLite file, dataset build and export."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
-import subprocess
 import sys
 
 import pytest
@@ -19,6 +17,7 @@ from dataengine.export import chat_records, direct_examples
 from dataengine.review import ReviewSession, parse_edited_call, select_traces
 from supertiny.errors import UserError
 from tests.terminal import Terminal
+from tests.test_cli import run
 from tools.registry import Task, get_domain
 
 CONTEXT = {"now": "2026-03-14T09:30", "weekday": "Saturday"}
@@ -54,11 +53,7 @@ def terminal(store, reviewable):
 
 
 def cli(db, *args, check=True):
-    env = {**os.environ, "SUPERTINY_DB": str(db)}
-    proc = subprocess.run([sys.executable, "-m", "supertiny.cli", *args], env=env, capture_output=True, text=True)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+    return run(list(args), db, check=check)
 
 
 def review_rows(db):

@@ -1,7 +1,6 @@
 from pathlib import Path
 
 import pytest
-import torch
 from datasets import Dataset
 from tokenizers.processors import TemplateProcessing
 from transformers import AutoModelForCausalLM, AutoTokenizer
