@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 from dataengine.provenance import function_ref, with_provenance
 from dataengine.schema import TraceRow
 from dataengine.store import Store
-from dataengine.verify import CHECK_SCORER, SCORER
+from dataengine.verify import CHECK_SCORER, SCORER, ungrounded_arguments
 from supertiny.errors import UserError
 
 GOLD_MATCH_VERSION = "1"
@@ -175,8 +175,10 @@ def reviewed_final_call(review_details: dict[str, Any] | None) -> dict[str, Any]
 def best_of_n(store: Store, *, name: str, domain: str, split: str = "train", min_score: float = 1.0,
               model: str | None = None, scorer: str = SCORER,
               require: Sequence[str | ScoreCondition] = ()) -> tuple[Any, dict[str, int]]:
-    """Rejection sampling: per task, among traces that pass, keep one — fewest model calls, then
-    fewest tokens, then the oldest. Tasks with no passing trace are dropped.
+    """Rejection sampling: per task, among traces that pass, keep one — the one whose answer is
+    most grounded in its lookups (fewest string arguments no tool returned: a student learns to
+    use the tools from it, not to recite names), then fewest model calls, then fewest tokens,
+    then the oldest. Tasks with no passing trace are dropped.
 
     A trace passes when its ``scorer`` value is >= ``min_score``, the domain's check (where it
     scored the trace) passed, and every ``require`` condition holds. A reviewer's decision
@@ -186,13 +188,15 @@ def best_of_n(store: Store, *, name: str, domain: str, split: str = "train", min
     export reads: a later review never changes a version that already exists."""
     conditions = [parse_condition(c) if isinstance(c, str) else c for c in require]
 
-    def rank(trace: TraceRow) -> tuple[int, int, int]:
-        return trace.model_calls, trace.prompt_tokens + trace.completion_tokens, trace.id
+    def rank(trace: TraceRow) -> tuple[int, int, int, int]:
+        ungrounded = ungrounded_arguments(tool_calls.get(trace.id, []), trace.final_call)
+        return ungrounded, trace.model_calls, trace.prompt_tokens + trace.completion_tokens, trace.id
 
     domain = store.domain(domain).name
     values = store.score_values([CHECK_SCORER, *(c.scorer for c in conditions)])
     reviews = store.score_rows(REVIEW_SCORER)
     best: dict[str, TraceRow] = {}
+    passing: list[TraceRow] = []
     seen_tasks: set[str] = set()
     for trace, value in store.scored_traces(domain=domain, split=split, scorer=scorer):
         if model and trace.model != model:
@@ -208,6 +212,9 @@ def best_of_n(store: Store, *, name: str, domain: str, split: str = "train", min
             continue
         if not all(condition.holds(trace_values) for condition in conditions):
             continue
+        passing.append(trace)
+    tool_calls = store.tool_calls_by_trace(trace.id for trace in passing)
+    for trace in passing:
         current = best.get(trace.task_id)
         if current is None or rank(trace) < rank(current):
             best[trace.task_id] = trace
@@ -216,7 +223,7 @@ def best_of_n(store: Store, *, name: str, domain: str, split: str = "train", min
              if t.id in reviews and reviewed_final_call(reviews[t.id].details)}
     spec = {"method": "best_of_n", "split": split, "scorer": scorer, "min_score": min_score, "model": model,
             "must_pass": CHECK_SCORER, "require": [str(c) for c in conditions],
-            "review": "rejected dropped; accepted pass", "tie_break": ["model_calls", "tokens", "id"]}
+            "review": "rejected dropped; accepted pass", "tie_break": ["ungrounded_arguments", "model_calls", "tokens", "id"]}
     if edits:
         spec["edited_final_calls"] = edits
     dataset = store.create_dataset(name, domain, spec, chosen)

@@ -60,3 +60,28 @@ def compare_calls(predicted: dict[str, Any] | None, gold: dict[str, Any]) -> dic
     wrong = sorted(k for k in gold_args.keys() | pred_args.keys() if pred_args.get(k) != gold_args.get(k))
     return {"exact": exact, "name_match": name_match, "arg_precision": precision, "arg_recall": recall,
             "arg_f1": f1, "mismatched_args": wrong if name_match else None}
+
+
+def find_value_path(value: Any, target: Any, path: str = "") -> str | None:
+    """The first path (``[0].name``, ``.city``) at which ``target`` sits inside the JSON ``value``,
+    breadth first; ``None`` when it is not there. Types must match (``1`` is not ``"1"``)."""
+    queue: list[tuple[Any, str]] = [(value, path)]
+    while queue:
+        node, where = queue.pop(0)
+        if type(node) is type(target) and node == target and where:
+            return where
+        if isinstance(node, dict):
+            queue += [(child, f"{where}.{key}") for key, child in node.items()
+                      if isinstance(key, str) and re.fullmatch(r"[A-Za-z_]\w*", key)]
+        elif isinstance(node, list):
+            queue += [(child, f"{where}[{i}]") for i, child in enumerate(node)]
+    return None
+
+
+def ungrounded_arguments(tool_calls: Any, final_call: dict[str, Any] | None) -> int:
+    """How many string arguments of the final call no successful lookup returned: values the
+    model wrote from memory rather than read from a tool."""
+    results = [c.result for c in tool_calls if c.error is None and c.result is not None
+               and c.name != (final_call or {}).get("name")]
+    return sum(1 for value in ((final_call or {}).get("arguments") or {}).values()
+               if isinstance(value, str) and not any(find_value_path(r, value) is not None for r in results))

@@ -46,25 +46,43 @@ _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\((.*)\)\s*$")
 _ARG = re.compile(r'\s*([A-Za-z_][A-Za-z0-9_]*)=("(?:[^"\\]|\\.)*"|[^,]*)\s*(?:,|$)')
 
 
-def parse_call(text: str) -> dict[str, Any] | None:
-    """Parse the first line of a completion back into a call; ``None`` when it is not one."""
-    line = text.strip().split("\n", 1)[0]
-    match = _CALL.match(line)
+def split_call(text: str) -> tuple[str, list[tuple[str, str]]] | None:
+    """``name(key=raw, ...)`` -> (name, [(key, raw text of the value), ...]); ``None`` when the
+    text is not one call. The raw values are not decoded: :func:`parse_call` reads them as JSON,
+    :mod:`student.program` also reads ``$`` references."""
+    match = _CALL.match(text)
     if not match:
         return None
     name, body = match.groups()
-    arguments: dict[str, Any] = {}
+    arguments: list[tuple[str, str]] = []
     pos = 0
     while pos < len(body):
         arg = _ARG.match(body, pos)
         if not arg or arg.end() == pos:
             return None
-        key, raw = arg.group(1), arg.group(2).strip()
-        try:
-            arguments[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            if raw.startswith('"'):
-                return None  # an unterminated string: not a call
-            arguments[key] = raw  # an unquoted word: keep it, the verifier decides
+        arguments.append((arg.group(1), arg.group(2).strip()))
         pos = arg.end()
-    return {"name": name, "arguments": arguments}
+    return name, arguments
+
+
+def decode_value(raw: str) -> Any:
+    """One argument's raw text -> its value: a JSON literal, else the bare word itself (the
+    verifier decides). Raises ValueError for an unterminated string."""
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError:
+        if raw.startswith('"'):
+            raise ValueError(f"unterminated string: {raw}") from None
+        return raw
+
+
+def parse_call(text: str) -> dict[str, Any] | None:
+    """Parse the first line of a completion back into a call; ``None`` when it is not one."""
+    split = split_call(text.strip().split("\n", 1)[0])
+    if split is None:
+        return None
+    name, raw_arguments = split
+    try:
+        return {"name": name, "arguments": {key: decode_value(raw) for key, raw in raw_arguments}}
+    except ValueError:
+        return None  # an unterminated string: not a call

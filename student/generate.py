@@ -18,7 +18,7 @@ from transformers import (
 
 from supertiny.errors import UserError
 from student.format import direct_prompt, parse_call
-from student.manifest import read_manifest
+from student.manifest import inherited_field, read_manifest
 
 
 def load_model(path: str | Path) -> tuple[Any, Any]:
@@ -79,30 +79,23 @@ class _AllowedNames(LogitsProcessor):
         self.prompt_len = prompt_len
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        generated = input_ids[0, self.prompt_len:].tolist()
-        if any(generated[: len(seq)] == seq for seq in self.sequences if len(generated) >= len(seq)):
-            return scores  # a whole name is spelled
-        allowed = {seq[len(generated)] for seq in self.sequences
-                   if len(seq) > len(generated) and seq[: len(generated)] == generated}
-        if not allowed:
-            return scores
-        mask = torch.full_like(scores, float("-inf"))
-        mask[:, sorted(allowed)] = 0.0
-        return scores + mask
+        for row in range(input_ids.shape[0]):  # one row per sampled sequence
+            generated = input_ids[row, self.prompt_len:].tolist()
+            if any(generated[: len(seq)] == seq for seq in self.sequences if len(generated) >= len(seq)):
+                continue  # a whole name is spelled
+            allowed = {seq[len(generated)] for seq in self.sequences
+                       if len(seq) > len(generated) and seq[: len(generated)] == generated}
+            if allowed:
+                mask = torch.full_like(scores[row], float("-inf"))
+                mask[sorted(allowed)] = 0.0
+                scores[row] = scores[row] + mask
+        return scores
 
 
 def function_names_of(path: str | Path) -> list[str] | None:
-    """The action names a student was trained to call, from its manifest or its parents'."""
-    seen = set()
-    current: Path | None = Path(path)
-    while current is not None and current not in seen:
-        seen.add(current)
-        manifest = read_manifest(current)
-        names = (manifest.get("lineage") or {}).get("function_names")
-        if names:
-            return list(names)
-        current = Path(manifest["parent"]) if manifest.get("parent") else None
-    return None
+    """The function names a student was trained to start its answer with."""
+    names = inherited_field(path, "function_names")
+    return list(names) if names else None
 
 
 class DirectStudent:
@@ -112,11 +105,24 @@ class DirectStudent:
     function name is *constrained*: greedy decoding may only spell one of them, then decodes
     the arguments freely. A small model otherwise copies the user's verb ("save ... to ..."
     -> ``save_to_playlist``).
+
+    A student trained in program mode (lineage ``format: program``, see :mod:`student.program`)
+    writes lookups and the action in one line; ``domain`` (the one it was trained on) runs the
+    lookups with its tools to produce the call.
     """
 
-    def __init__(self, path: str | Path, max_new_tokens: int = 64, function_names: list[str] | None = None):
+    def __init__(self, path: str | Path, max_new_tokens: int | None = None, function_names: list[str] | None = None,
+                 domain: Any = None, fallback_samples: int = 4, fallback_temperature: float = 0.7):
         self.path = Path(path)
-        self.max_new_tokens = max_new_tokens
+        self.fallback_samples = fallback_samples  # program mode: plans sampled when the greedy one fails
+        self.fallback_temperature = fallback_temperature
+        self.format = inherited_field(self.path, "format") or "direct"
+        if self.format == "program" and domain is None:
+            from tools.registry import get_domain
+
+            domain = get_domain(inherited_field(self.path, "domain") or "home")
+        self.domain = domain
+        self.max_new_tokens = max_new_tokens or (128 if self.format == "program" else 64)
         self.model, self.tokenizer = load_model(self.path)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
@@ -128,32 +134,67 @@ class DirectStudent:
         # Same call as TRL's training-time tokenization (default add_special_tokens).
         inputs = self.tokenizer(prompt, return_tensors="pt")
         prompt_len = inputs["input_ids"].shape[1]
+        candidates = self._generate(prompt, inputs, do_sample=False)
+        raw, completion_tokens = candidates[0]
+        if self.format == "direct":
+            call = parse_call(raw)
+        else:
+            call = self._run_program(raw, context)
+            if call is None and self.fallback_samples:
+                # The tools rejected the greedy plan (no such room, no such argument...): sample
+                # a few more in one batched generation and keep the first the tools accept.
+                # A plan longer than the greedy one by more than a few tokens is babble: cap it.
+                cap = min(self.max_new_tokens, completion_tokens + 16)
+                for raw_sample, tokens in self._generate(prompt, inputs, do_sample=True, max_new_tokens=cap):
+                    completion_tokens += tokens
+                    call = self._run_program(raw_sample, context)
+                    if call is not None:
+                        raw = raw_sample
+                        break
+        latency_ms = (time.perf_counter() - start) * 1000.0
+        return Prediction(
+            call=call,
+            raw=raw,
+            latency_ms=latency_ms,
+            prompt_tokens=int(prompt_len),
+            completion_tokens=int(completion_tokens),
+        )
+
+    def _generate(self, prompt: str, inputs: Any, do_sample: bool, max_new_tokens: int | None = None
+                  ) -> list[tuple[str, int]]:
+        """[(first line of the completion, tokens generated)]: one greedy, or ``fallback_samples`` sampled."""
+        prompt_len = inputs["input_ids"].shape[1]
         processors = LogitsProcessorList()
         if self.function_names:
             # The tokens each name adds after this prompt, tokenized together with the prompt as
             # in training ("(" stays out: BPE splits it from the name's letters anyway).
             sequences = [self.tokenizer(f"{prompt} {name}")["input_ids"][prompt_len:] for name in self.function_names]
             processors.append(_AllowedNames(sequences, prompt_len))
+        sampling = {"do_sample": True, "temperature": self.fallback_temperature,
+                    "num_return_sequences": self.fallback_samples} if do_sample else {"do_sample": False}
         with torch.inference_mode():
             output = self.model.generate(
                 **inputs,
-                max_new_tokens=self.max_new_tokens,
-                do_sample=False,
+                max_new_tokens=max_new_tokens or self.max_new_tokens,
                 pad_token_id=self.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
                 logits_processor=processors,
                 stopping_criteria=StoppingCriteriaList([_StopAtNewline(self.tokenizer, prompt_len)]),
+                **sampling,
             )
-        new_tokens = output[0, prompt_len:]
-        raw = self.tokenizer.decode(new_tokens, skip_special_tokens=True).split("\n", 1)[0].strip()
-        latency_ms = (time.perf_counter() - start) * 1000.0
-        return Prediction(
-            call=parse_call(raw),
-            raw=raw,
-            latency_ms=latency_ms,
-            prompt_tokens=int(prompt_len),
-            completion_tokens=int(new_tokens.shape[0]),
-        )
+        results = []
+        for row in output[:, prompt_len:]:
+            tokens = int((row != self.pad_token_id).sum()) if do_sample else int(row.shape[0])
+            results.append((self.tokenizer.decode(row, skip_special_tokens=True).split("\n", 1)[0].strip(), tokens))
+        return results
+
+    def _run_program(self, raw: str, context: dict[str, Any] | None) -> dict[str, Any] | None:
+        from student.program import ProgramError, parse_program, run_program
+
+        try:
+            return run_program(parse_program(raw), self.domain, context)
+        except ProgramError:
+            return None  # a plan that does not parse or run is a wrong answer
 
     def predict_many(self, items: Iterable[tuple[str, dict[str, Any] | None] | dict[str, Any]]) -> list[Prediction]:
         """``items``: (text, context) pairs or dicts with "text" and "context"; one generation each, in order."""

@@ -30,3 +30,20 @@ def read_manifest(model_dir: str | Path) -> dict[str, Any]:
 def dir_bytes(path: str | Path) -> int:
     """Bytes on disk of every file under ``path``."""
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
+
+
+def inherited_field(model_dir: str | Path, name: str) -> Any:
+    """``name`` from the model's manifest (top level, else its ``lineage``), else from its nearest
+    parent's: a pruned or quantized student keeps the format and names it was trained with."""
+    seen: set[Path] = set()
+    current: Path | None = Path(model_dir)
+    while current is not None and current not in seen:
+        seen.add(current)
+        manifest = read_manifest(current) if current.is_dir() else {}
+        value = manifest.get(name)
+        if value is None:
+            value = (manifest.get("lineage") or {}).get(name)
+        if value:
+            return value
+        current = Path(manifest["parent"]) if manifest.get("parent") else None
+    return None

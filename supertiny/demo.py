@@ -30,6 +30,9 @@ class DemoConfig:
     max_steps: int = -1
     # LoRA (r=32, lr 1e-3) beat full fine-tuning (lr 1e-4) on the test split, 58.3% vs 55.0%
     # exact match in one run each: it keeps more of what the base model knows about language.
+    # program: the student writes the lookups and the action in one line and the domain's tools
+    # run it (student/program.py); direct: the student writes the final call itself.
+    format: str = "program"
     mode: str = "lora"
     lora_r: int = 32
     learning_rate: float = 1e-3
@@ -55,11 +58,10 @@ class DemoConfig:
 def run_demo(store: Store, config: DemoConfig, console: Console) -> dict:
     from agent.batch import GenerateConfig, generate
     from dataengine.curate import best_of_n, verify_traces
-    from dataengine.export import direct_examples
     from student.base import resolve_base_model
     from student.evaluate import run_eval
     from student.tiny import build_tiny_model
-    from supertiny.pipeline import prune_and_register, quantize_and_register, train_and_register
+    from supertiny.pipeline import prune_and_register, quantize_and_register, student_examples, train_and_register
     from tools.registry import get_domain
 
     import datasets
@@ -103,7 +105,7 @@ def run_demo(store: Store, config: DemoConfig, console: Console) -> dict:
 
     t = stage("5. base model")
     if config.base == "tiny":
-        examples = direct_examples(store, ref)
+        examples = student_examples(store, ref, config.format)
         base_dir = build_tiny_model(config.out / "tiny-base", [e["prompt"] + e["completion"] for e in examples],
                                     vocab_size=1024, hidden_size=128, num_layers=4, num_heads=4, seed=config.seed)
     else:
@@ -114,7 +116,7 @@ def run_demo(store: Store, config: DemoConfig, console: Console) -> dict:
     student = train_and_register(store, dataset_ref=ref, base=str(base_dir), out=config.out / "student",
                                  epochs=config.epochs, max_steps=config.max_steps,
                                  learning_rate=config.learning_rate, batch_size=config.batch_size, seed=config.seed,
-                                 mode=config.mode, lora_r=config.lora_r)
+                                 mode=config.mode, lora_r=config.lora_r, format=config.format)
     done("student SFT", t, f"{student.path} ({student.params:,} params)")
 
     t = stage("7. prune + heal + quantize")

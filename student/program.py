@@ -1,0 +1,225 @@
+"""Program mode: the teacher's trajectory compiled into one line the student writes, run by code.
+
+The teacher needs several model calls: look things up, read the results, call the action. The
+lookups themselves are plain code, so the student writes the whole plan at once — the lookups,
+with the user's own words as arguments, then the action with references into their results —
+and :func:`run_program` executes it with the domain's real tools, no further model call:
+
+    prompt:      "now=2026-11-09T14:09 weekday=Monday\\nSet alarm on sunday at 6:45 pm\\n=>"
+    completion:  ' resolve_datetime(expression="on sunday at 6:45 pm", now=$now); set_alarm(time=$1.datetime)'
+
+``$N`` is the result of the N-th statement followed by a path (``$1[0].name``, ``$2.city``);
+``$key`` is a value of the request's context. Why: copying "on sunday at 6:45 pm" or "cellar"
+out of the request is easy for a 135M model; calendar arithmetic, and knowing that the cellar is
+``light.basement`` or how an unseen song is spelled, are not — the tools know them.
+
+The programs are derived from verified teacher traces (:func:`program_from_trace`): every
+argument of the final call that a successful lookup returned becomes a reference to it; lookups
+nothing refers to are dropped, and arguments equal to a tool's default are left out.
+"""
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Sequence
+
+from dataengine.verify import find_value_path
+from student.format import PROMPT_END, decode_value, direct_prompt, split_call
+
+__all__ = ["PROMPT_END", "ProgramError", "program_examples", "program_from_trace", "parse_program", "run_program"]
+
+_REF = re.compile(r"^\$(?:(\d+)((?:\[\d+\]|\.[A-Za-z_]\w*)*)|([A-Za-z_]\w*))$")
+_STEP = re.compile(r"\[(\d+)\]|\.([A-Za-z_]\w*)")
+
+
+class ProgramError(ValueError):
+    """A program that does not parse or cannot run: the student's answer is wrong, not a crash."""
+
+
+class Ref(str):
+    """An argument that refers to an earlier result or a context value, written as is."""
+
+
+# ---- traces -> programs ---------------------------------------------------------------------
+
+
+def program_from_trace(tool_calls: Sequence[Any], final_call: dict[str, Any], context: dict[str, Any] | None,
+                       tool_defaults: dict[str, dict[str, Any]] | None = None) -> str:
+    """A verified trace's lookups and final call as one program line (no leading space).
+
+    ``tool_calls``: rows with ``name``, ``args``, ``result``, ``error`` in call order (the final
+    action's own row, if present, is ignored). ``tool_defaults``: tool name -> argument defaults,
+    left out of the program when the teacher passed them explicitly.
+    """
+    context = context or {}
+    tool_defaults = tool_defaults or {}
+    lookups = [c for c in tool_calls if c.error is None and c.name != final_call["name"] and c.result is not None]
+    # Each final argument refers to the last lookup that returned it (the teacher's last word).
+    references: dict[str, tuple[int, str]] = {}
+    for key, value in final_call.get("arguments", {}).items():
+        if value is None or isinstance(value, bool):
+            continue
+        for index in reversed(range(len(lookups))):
+            path = find_value_path(lookups[index].result, value)
+            if path is not None:
+                references[key] = (index, path)
+                break
+    used = sorted({index for index, _ in references.values()})
+    number = {index: n for n, index in enumerate(used, start=1)}
+    context_values = {value: key for key, value in context.items() if isinstance(value, str)}
+
+    statements = []
+    for index in used:
+        call = lookups[index]
+        defaults = tool_defaults.get(call.name, {})
+        args = {}
+        for key, value in (call.args or {}).items():
+            if key in defaults and defaults[key] == value:
+                continue
+            args[key] = Ref(f"${context_values[value]}") if isinstance(value, str) and value in context_values else value
+        statements.append(_format(call.name, args))
+    final_args = {key: (Ref(f"${number[references[key][0]]}{references[key][1]}") if key in references else value)
+                  for key, value in final_call.get("arguments", {}).items()}
+    statements.append(_format(final_call["name"], final_args))
+    return "; ".join(statements)
+
+
+def _format(name: str, arguments: dict[str, Any]) -> str:
+    """Like :func:`student.format.format_call`, with references written bare."""
+    parts = [f"{key}={value}" if isinstance(value, Ref) else f"{key}={json.dumps(value, ensure_ascii=False)}"
+             for key, value in arguments.items() if value is not None]
+    return f"{name}({', '.join(parts)})"
+
+
+def tool_defaults_of(domain: Any) -> dict[str, dict[str, Any]]:
+    """Tool name -> {argument: default} from the domain's lookup tool schemas."""
+    defaults: dict[str, dict[str, Any]] = {}
+    for tool in domain.tools:
+        schema = tool.args_schema.model_json_schema() if hasattr(tool.args_schema, "model_json_schema") else (tool.args_schema or {})
+        defaults[tool.name] = {key: spec["default"] for key, spec in schema.get("properties", {}).items() if "default" in spec}
+    return defaults
+
+
+def program_examples(store: Any, ref: str) -> list[dict[str, str]]:
+    """Program-mode pairs for the student: the request and context -> the teacher's plan."""
+    from dataengine.curate import items_with_reviewed_answers
+
+    dataset = store.dataset(ref)
+    defaults = tool_defaults_of(store.domain(dataset.domain))
+    items = [(trace, task) for trace, task in items_with_reviewed_answers(store, dataset) if trace.final_call]
+    calls = store.tool_calls_by_trace(trace.id for trace, _ in items)
+    return [{"prompt": direct_prompt(trace.input, trace.context),
+             "completion": " " + program_from_trace(calls.get(trace.id, []), trace.final_call, trace.context, defaults)}
+            for trace, _ in items]
+
+
+# ---- programs -> calls ----------------------------------------------------------------------
+
+
+def _split_statements(text: str) -> list[str]:
+    """Split on ``;`` outside string literals."""
+    statements, current, in_string, escaped = [], [], False, False
+    for char in text:
+        if in_string:
+            escaped = char == "\\" and not escaped
+            if char == '"' and not escaped:
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char == ";":
+            statements.append("".join(current).strip())
+            current = []
+            continue
+        current.append(char)
+    statements.append("".join(current).strip())
+    return [s for s in statements if s]
+
+
+def parse_program(text: str) -> list[tuple[str, dict[str, Any]]]:
+    """One program line -> [(name, arguments)], references kept as :class:`Ref` strings."""
+    line = text.strip().split("\n", 1)[0]
+    statements = _split_statements(line)
+    if not statements:
+        raise ProgramError("empty program")
+    parsed = []
+    for statement in statements:
+        split = split_call(statement)
+        if split is None:
+            raise ProgramError(f"not a call: {statement!r}")
+        name, raw_arguments = split
+        arguments: dict[str, Any] = {}
+        for key, raw in raw_arguments:
+            if raw.startswith("$"):
+                if not _REF.match(raw):
+                    raise ProgramError(f"bad reference {raw!r} in {statement!r}")
+                arguments[key] = Ref(raw)
+            else:
+                try:
+                    arguments[key] = decode_value(raw)
+                except ValueError as exc:
+                    raise ProgramError(str(exc)) from None
+        parsed.append((name, arguments))
+    return parsed
+
+
+def _resolve(ref: Ref, results: list[Any], context: dict[str, Any]) -> Any:
+    match = _REF.match(ref)
+    if match.group(3) is not None:
+        if match.group(3) not in context:
+            raise ProgramError(f"{ref}: the request's context has no {match.group(3)!r}")
+        return context[match.group(3)]
+    n = int(match.group(1))
+    if not 1 <= n <= len(results):
+        raise ProgramError(f"{ref}: there is no statement {n} before it")
+    value = results[n - 1]
+    for index, key in _STEP.findall(match.group(2)):
+        try:
+            value = value[int(index)] if index else value[key]
+        except (IndexError, KeyError, TypeError):
+            raise ProgramError(f"{ref}: result {n} has nothing at {match.group(2)}") from None
+    return value
+
+
+def run_program(program: list[tuple[str, dict[str, Any]]], domain: Any,
+                context: dict[str, Any] | None) -> dict[str, Any]:
+    """Run the lookups with the domain's tools and return the final action call.
+
+    Every statement but the last must be a lookup tool, the last an action. A tool that fails
+    (unknown room, bad arguments) raises :class:`ProgramError`: the answer is wrong, as when the
+    teacher gives up.
+    """
+    context = context or {}
+    tools = {tool.name: tool for tool in domain.tools}
+    *lookups, (final_name, final_args) = program
+    results: list[Any] = []
+    for name, arguments in lookups:
+        if name not in tools:
+            raise ProgramError(f"{name} is not a lookup tool of domain {domain.name!r}")
+        args = {k: _resolve(v, results, context) if isinstance(v, Ref) else v for k, v in arguments.items()}
+        try:
+            result = tools[name].invoke(args)
+        except Exception as exc:  # a tool's own error: the plan was wrong
+            raise ProgramError(f"{name}: {exc}") from None
+        # Paths were learned on results as stored (JSON), so read them as JSON here too.
+        results.append(json.loads(json.dumps(result, default=str)))
+    actions = {tool.name: tool for tool in domain.actions}
+    if final_name not in actions:
+        raise ProgramError(f"the last statement must call an action of domain {domain.name!r}, not {final_name}")
+    args = {k: _resolve(v, results, context) if isinstance(v, Ref) else v for k, v in final_args.items()}
+    args = {k: v for k, v in args.items() if v is not None}
+    _check_arguments(actions[final_name], args)
+    return {"name": final_name, "arguments": args}
+
+
+def _check_arguments(action: Any, args: dict[str, Any]) -> None:
+    """The action's own schema decides: unknown or ill-typed arguments make the plan wrong."""
+    from pydantic import ValidationError
+
+    schema = action.args_schema
+    unknown = sorted(set(args) - set(schema.model_fields))
+    if unknown:
+        raise ProgramError(f"{action.name} has no argument {', '.join(unknown)}")
+    try:
+        schema.model_validate(args)
+    except ValidationError as exc:
+        raise ProgramError(f"{action.name}: {exc.errors()[0]['msg']}") from None
