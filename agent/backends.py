@@ -4,8 +4,10 @@
 - ``openai:<model>``: langchain-openai ``ChatOpenAI`` against any OpenAI-compatible endpoint
   (a hosted API, vLLM, llama.cpp, Ollama); base URL and key from options or ``OPENAI_BASE_URL``
   / ``OPENAI_API_KEY``.
+- ``local:<model dir>``: a local transformers model (a student, a compressed student, any model
+  directory, or ``smollm2-135m``) as a chat model with tool calling (agent/local.py).
 
-Both take the same :class:`ModelOptions`, validated once here at the edge.
+All take the same :class:`ModelOptions`, validated once here at the edge.
 """
 from __future__ import annotations
 
@@ -77,7 +79,12 @@ def make_chat_model(spec: str, *, domain: str | Domain = "home", options: ModelO
             extra_body=extra_body or None,
             http_async_client=http_async_client,
         )
-    raise UserError(f"unknown model {spec!r}: use 'planner' or 'openai:<model-name>'")
+    if spec.startswith("local:") and len(spec) > len("local:"):
+        from agent.local import LocalChatModel  # loads torch and transformers: only when asked
+
+        return LocalChatModel(model_dir=spec.split(":", 1)[1], temperature=options.temperature, seed=options.seed,
+                              max_tokens=options.max_tokens)
+    raise UserError(f"unknown model {spec!r}: use 'planner', 'openai:<model-name>' or 'local:<model-dir>'")
 
 
 def with_seed(model: BaseChatModel, seed: int) -> BaseChatModel:
