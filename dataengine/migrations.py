@@ -267,6 +267,15 @@ CREATE INDEX traces_job ON traces (job_id);
 CREATE INDEX dataset_items_trace ON dataset_items (trace_id);
 """
 
+M007_INTENT_SLOT_METRICS = """
+-- `supertiny eval` on a domain whose actions are intents and their arguments slots (Domain.slot_metrics,
+-- e.g. snips) also stores the metrics the literature reports (student/intent_slot.py). Null for other domains.
+-- (No semicolons in these comments: migrate() splits statements on them.)
+ALTER TABLE evaluations ADD COLUMN intent_accuracy REAL;    -- share of requests with the right function (intent)
+ALTER TABLE evaluations ADD COLUMN slot_f1 REAL;            -- micro F1 over the (slot, value) pairs of the slice
+ALTER TABLE evaluations ADD COLUMN sentence_accuracy REAL;  -- intent right and every slot verbatim right
+"""
+
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", M001_INITIAL),
     ("m002_endpoint_details", M002_ENDPOINT_DETAILS),
@@ -274,6 +283,7 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m004_jobs", M004_JOBS),
     ("m005_curation", M005_CURATION),
     ("m006_datasets", M006_DATASETS),
+    ("m007_intent_slot_metrics", M007_INTENT_SLOT_METRICS),
 ]
 
 

@@ -170,6 +170,10 @@ class EvaluationRow(SQLModel, table=True):
     tokens_per_request: float
     calls_per_request: float
     created_at: str = Field(default_factory=utcnow)
+    # m007: set for domains whose actions are intents and arguments slots (Domain.slot_metrics), else null
+    intent_accuracy: Optional[float] = None
+    slot_f1: Optional[float] = None  # micro F1 over (slot, value) pairs of the slice
+    sentence_accuracy: Optional[float] = None  # intent and every slot right
 
 
 class PredictionRow(SQLModel, table=True):

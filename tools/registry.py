@@ -11,6 +11,8 @@ A domain is a plain Python module that defines ``DOMAIN = Domain(...)``:
 - ``check``: an optional programmatic check of an answer that needs no gold.
 - ``generate_tasks`` / ``load_tasks``: optional task generator and file loader.
 - ``planner``: optional offline chat model factory, used by ``--model planner``.
+- ``slot_metrics``: the actions are intents and their arguments slots; ``supertiny eval`` then
+  also reports intent accuracy, slot F1 and sentence accuracy.
 
 ``get_domain`` returns a built-in domain by name, or imports a module path or ``.py`` file.
 """
@@ -84,6 +86,9 @@ class Domain:
     generate_tasks: Callable[..., list[Task]] | None = None  # (seed=, n_train=, n_dev=, n_test=) -> tasks
     load_tasks: Callable[[Path], list[Task]] | None = None  # a file in the domain's own format -> tasks
     planner: Callable[..., BaseChatModel] | None = None  # (temperature=, seed=) -> offline chat model
+    # True when the actions are intents and their arguments slots (SNIPS-style): `supertiny eval` then
+    # also reports intent accuracy, slot F1 and sentence accuracy (student/intent_slot.py)
+    slot_metrics: bool = False
     tools: list[BaseTool] = field(init=False)
     actions: list[BaseTool] = field(init=False)
 
@@ -168,6 +173,7 @@ def _snips_domain() -> Domain:
         lookup_functions=[],
         action_functions=functions.ACTION_FUNCTIONS,
         load_tasks=tasks.load_tasks,
+        slot_metrics=True,
     )
 
 
