@@ -14,7 +14,8 @@ written the same way into both (setup, not timed), and the same operations run b
 
 - list newest 20 / list all: what ``traces list`` reads (every column but the messages, with scores)
 - filter newest 20 / filter all: ``--model openai:gpt-4o-mini --score gold_match>=1``
-- export chat: the dataset version as OpenAI chat JSONL, what ``dataset export`` writes
+- export chat: the dataset version as OpenAI chat JSONL, as ``dataset export -o`` writes it
+  (``dataengine.export.export_jsonl``: streamed, a batch of rows at a time)
 
 Each operation runs ``--repeats`` times, taking turns; the median is reported. Prints the query
 plans of the filters (they must use indexes and never sort the table) and ratios store/raw. It is
@@ -45,7 +46,7 @@ from langchain_core.utils.function_calling import convert_to_openai_tool  # noqa
 from agent.backends import make_chat_model  # noqa: E402
 from agent.run import run_request  # noqa: E402
 from dataengine.curate import parse_condition  # noqa: E402
-from dataengine.export import chat_records, write_jsonl  # noqa: E402
+from dataengine.export import export_jsonl  # noqa: E402
 from dataengine.query import TraceFilter  # noqa: E402
 from dataengine.schema import TraceRow, utcnow  # noqa: E402
 from dataengine.store import SUMMARY_COLUMNS, Store, TraceRecord  # noqa: E402
@@ -268,7 +269,7 @@ def bench_size(size: int, work_dir: Path, templates: list, batch: int, repeats: 
     tools = [convert_to_openai_tool(t) for t in domain.tools + domain.actions]
     out_store, out_raw = work_dir / f"store-{size}.jsonl", work_dir / f"raw-{size}.jsonl"
     rows.append(compare(f"export chat ({work.tasks:,} items)",
-                        lambda: len(write_jsonl(chat_records(store, "bench@1"), out_store).read_bytes()),
+                        lambda: export_jsonl(store, "bench@1", "chat", out_store) and len(out_store.read_bytes()),
                         lambda: raw_export(raw, out_raw, tools) and len(out_raw.read_bytes()), full_repeats,
                         lambda a, b: a == b))
 

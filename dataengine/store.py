@@ -11,7 +11,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from sqlalchemy import URL, create_engine, delete, event, exists, func, insert, make_url, update
 from sqlalchemy.exc import ArgumentError, DatabaseError, IntegrityError
@@ -340,6 +340,18 @@ class Store:
         with self.session() as session:
             return [(trace, task) for trace, task in session.exec(query)]
 
+    def dataset_trace_columns(self, dataset_id: int, columns: Sequence[str],
+                              batch: int = 1000) -> Iterator[dict[str, Any]]:
+        """``columns`` of a version's traces, in item order, as dicts read ``batch`` rows at a time:
+        an export of a million items holds a batch, not the version (nor ORM rows or their tasks)."""
+        i, t = DatasetItemRow.__table__.c, TraceRow.__table__.c
+        query = (select(*(t[column] for column in columns))
+                 .join_from(DatasetItemRow.__table__, TraceRow.__table__, t.id == i.trace_id)
+                 .where(i.dataset_id == dataset_id).order_by(i.position))
+        with self.engine.connect() as connection:
+            for row in connection.execution_options(yield_per=batch).execute(query).mappings():
+                yield dict(row)
+
     # ---- models and evaluations ----------------------------------------------------------
 
     def add_model(self, *, name: str, kind: str, path: str, config: dict[str, Any], parent_id: int | None = None,
@@ -523,11 +535,25 @@ class Store:
                                model_events=c.model_events, tool_events=c.tool_events, task_id=c.task_id,
                                job_id=job.id, sample_index=c.line)
                    for c in conversations if (c.task_id, c.line) not in done]
-        self.add_traces(records)
-        self.set_job_status(job.id, "done")
+        with self.engine.begin() as connection:  # the traces and the job's counters together
+            self._write_traces(connection, records)
+            self._count_import(connection, job.id, total=len(conversations))
         return {"file": str(path), "job_id": job.id, "imported": len(records),
                 "already_present": len(conversations) - len(records),
                 "with_final_call": sum(r.final_call is not None for r in records)}
+
+    def _count_import(self, connection: Any, job_id: int, total: int) -> None:
+        """Mark import job ``job_id`` done with its counters counted from its stored traces (so that a
+        re-import of the same file leaves them right): ``total`` samples, the traces stored, the
+        error traces and their tokens. An import makes no requests: it has no attempts."""
+        t, jobs = TraceRow.__table__.c, JobRow.__table__
+        done, prompt, completion = connection.execute(
+            select(func.count(), func.coalesce(func.sum(t.prompt_tokens), 0),
+                   func.coalesce(func.sum(t.completion_tokens), 0)).where(t.job_id == job_id)).one()
+        errors = connection.execute(select(func.count()).where(t.job_id == job_id, t.status == "error")).scalar()
+        connection.execute(update(jobs).where(jobs.c.id == job_id).values(
+            status="done", samples_total=total, samples_done=done, samples_error=errors, prompt_tokens=prompt,
+            completion_tokens=completion, updated_at=utcnow()))
 
     def dataset_item_keys(self, dataset_id: int) -> list[dict[str, Any]]:
         """A version's items in order: position, trace id, task id and the trace's final call."""

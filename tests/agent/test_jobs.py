@@ -19,7 +19,7 @@ from collections import Counter
 import pytest
 from langchain_core.messages import convert_to_messages
 
-from agent.batch import GenerateConfig, JobRefused, generate, idempotency_key, resume
+from agent.batch import GenerateConfig, JobCancelled, JobRefused, generate, idempotency_key, resume
 from agent.planner import HomePlannerChatModel
 from agent.pricing import BUILTIN_PRICES, Price, find_price
 from agent.resilience import RateLimiter, RetryPolicy, TokenBucket, classify, retry_after_seconds
@@ -242,6 +242,53 @@ def test_a_cancelled_job_is_not_rerun_by_its_command_but_by_jobs_resume(store):
     assert resume(store, job_id)["status"] == "done" and store.existing_job(job_id).samples_done == 6
 
 
+def test_worker_processes_share_a_job_stop_together_and_their_counters_add_up(store):
+    store.add_tasks(generate_tasks(seed=0, n_train=20, n_dev=0, n_test=0))
+    endpoint = FaultyHomeEndpoint(fault_rate=0.2, seed=2)
+    with ScriptedOpenAIServer(endpoint, api_key="the right key") as server:
+        with pytest.raises(JobRefused, match="401"):  # a worker refused: the job stops, every worker with it
+            generate(store, endpoint_config(server, api_key="a wrong key", workers=2))
+        job = store.jobs()[0]
+        assert job.status == "interrupted" and "refused" in job.stop_reason and job.samples_done == 0
+        assert query(store.path, "select count(*) from traces")[0][0] == 0
+
+        # `jobs cancel` (here from a thread) stops every worker of a resumed run (--workers 2: the job's setting).
+        def cancel_when_running():
+            while query(store.path, "select count(*) from traces")[0][0] < 3:
+                time.sleep(0.02)
+            store.cancel_job(job.id)
+
+        endpoint.delay = 0.2
+        canceller = threading.Thread(target=cancel_when_running)
+        canceller.start()
+        with pytest.raises(JobCancelled):
+            resume(store, job.id, api_key="the right key")
+        canceller.join()
+        stopped = query(store.path, "select count(*) from traces")[0][0]
+        assert store.existing_job(job.id).status == "cancelled" and store.existing_job(job.id).samples_done == stopped < 40
+
+        endpoint.delay, endpoint.injected = 0.0, Counter()
+        before, last_attempt = len(server.requests), query(store.path, "select max(id) from attempts")[0][0]
+        progress = []
+        counts = resume(store, job.id, on_progress=progress.append, api_key="the right key")
+    assert counts["status"] == "done" and counts["new"] == 40 - stopped and counts["errors"] == 0
+    assert_complete(store.path, job.id, 40)
+    job = store.existing_job(job.id)
+    assert job.config["run"]["workers"] == 2 and job.pid is None
+    # Two processes, two connections, one set of counters: they add up to the rows all the runs wrote.
+    assert (job.samples_done, job.attempts, job.attempts_failed, job.prompt_tokens, job.completion_tokens) == query(
+        store.path, "select (select count(*) from traces), count(*), sum(error is not null), sum(prompt_tokens), "
+                    "sum(completion_tokens) from attempts")[0]
+    assert counts["attempts"] == len(server.requests) - before  # this run's requests, each one attempt
+    # Every fault injected in this run is a failed attempt of its kind (a loaded machine may time out more).
+    kinds = Counter(kind for (kind,) in query(store.path, "select error_kind from attempts where id > ?",
+                                              last_attempt) if kind)
+    assert {k: n for k, n in kinds.items() if k != "timeout"} == \
+        {k: n for k, n in endpoint.injected.items() if k != "timeout"}
+    assert kinds["timeout"] >= endpoint.injected["timeout"]
+    assert progress[0].done == stopped and progress[-1].done == 40 and progress[-1].attempts == job.attempts
+
+
 # ---- the CLI as a process: kill -9, two writers, Ctrl-C, cancel ---------------------------------
 
 
@@ -358,3 +405,66 @@ def test_ctrl_c_interrupts_cleanly_and_cancel_stops_a_resumed_job(tmp_path):
                                       "--json").stdout)[0]
     assert finished["status"] == "done" and finished["total"] == 80
     assert_complete(db, 1, 80)
+
+
+def spawned_workers(pid: int) -> list[int]:
+    """The worker processes (multiprocessing spawn children) of process ``pid``."""
+    found = []
+    for stat in os.listdir("/proc"):
+        try:
+            ppid = int(open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()[1])
+            if ppid == pid and b"spawn_main" in open(f"/proc/{stat}/cmdline", "rb").read():
+                found.append(int(stat))
+        except (OSError, ValueError, IndexError):  # not a process, or gone meanwhile
+            continue
+    return found
+
+
+def gone(pids, timeout=30) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not any(os.path.exists(f"/proc/{pid}") and "Z" not in open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1][:3]
+                   for pid in pids):
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker processes through /proc")
+def test_worker_processes_stop_on_ctrl_c_and_with_their_killed_main_process(tmp_path):
+    db = tmp_path / "workers.db"
+    store = Store(db)
+    store.add_tasks(generate_tasks(seed=0, n_train=40, n_dev=0, n_test=0))
+    endpoint = FaultyHomeEndpoint(fault_rate=0.1, seed=6, delay=0.05)
+    with ScriptedOpenAIServer(endpoint) as server:
+        # Ctrl-C to the main process alone (as `kill -INT` sends it): it passes the stop on to its workers.
+        command, env = cli(db, *generate_command(server, "--concurrency", "4", "--workers", "2"))
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        wait_for_traces(db, 5, proc)
+        workers = spawned_workers(proc.pid)
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130 and "Interrupted: job 1 interrupted by SIGINT with " in err, err
+        job = store.existing_job(1)
+        assert job.status == "interrupted" and job.samples_done == traces_of(db) < 80 and gone(workers, timeout=5)
+
+        # kill -9 of the main process: its workers find themselves orphaned and stop within seconds.
+        command, env = cli(db, "jobs", "resume", "1", "--api-key", "k")  # --workers 2: the job's own setting
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for_traces(db, traces_of(db) + 3, proc)
+        workers = spawned_workers(proc.pid)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert len(workers) == 2 and gone(workers)
+        settled = traces_of(db)
+        time.sleep(1.5)
+        assert traces_of(db) == settled < 80  # nothing runs it any more
+
+        endpoint.delay = 0.01
+        finished = json.loads(run_cli(db, "jobs", "resume", "1", "--api-key", "k", "--concurrency", "16",
+                                      "--json").stdout)[0]
+    assert finished["status"] == "done" and finished["total"] == 80
+    assert_complete(db, 1, 80)
+    job = store.existing_job(1)
+    assert (job.samples_done, job.attempts) == (80, query(db, "select count(*) from attempts")[0][0])
