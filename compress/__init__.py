@@ -1,5 +1,5 @@
-"""Compression stage: depth pruning (block influence) and int8 dynamic quantization."""
-from compress.prune import PruneConfig, prune_depth
-from compress.quantize import load_quantized, quantize_int8
+"""Compression stage: depth and width pruning, int8/int4 quantization, and a side-by-side benchmark."""
+from compress.prune import PruneConfig, prune, prune_depth
+from compress.quantize import QuantizeConfig, load_quantized, quantize, quantize_int8
 
-__all__ = ["PruneConfig", "prune_depth", "quantize_int8", "load_quantized"]
+__all__ = ["PruneConfig", "prune", "prune_depth", "QuantizeConfig", "quantize", "quantize_int8", "load_quantized"]

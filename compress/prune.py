@@ -10,11 +10,15 @@ at a time until the model is small enough. No retraining happens here: a pruned 
 meant to be healed by a short fine-tune afterwards.
 
 Works for Llama-family Hugging Face models (``model.model.layers`` is an ``nn.ModuleList``).
+
+``method="width"`` makes every layer thinner instead (MLP channels and key/value groups ranked by
+activation importance, see :mod:`compress.width`); ``method="both"`` drops layers for part of the
+budget (``depth_share``) and thins the remaining layers for the rest.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,6 +26,7 @@ from pydantic import BaseModel, Field
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+from compress.width import attention_shape, prune_width
 from student.manifest import dir_bytes, write_manifest
 from supertiny.errors import UserError
 
@@ -39,6 +44,25 @@ class PruneConfig(BaseModel):
         64, description="How many calibration texts (from the start of the list) to score layers on; >= 1."
     )
     max_length: int = Field(128, description="Calibration texts are truncated to this many tokens; >= 2.")
+    method: Literal["depth", "width", "both"] = Field(
+        "depth",
+        description="depth: drop whole layers (block influence); width: drop MLP channels and key/value "
+        "groups in every layer (activation importance); both: depth for depth_share of the budget, then width.",
+    )
+    target_params: Optional[int] = Field(
+        None, description="Absolute parameter budget; when set it replaces target_param_ratio; >= 1."
+    )
+    remove_kv_groups: Optional[int] = Field(
+        None,
+        description="Width: key/value groups (each with its query heads) removed per layer. None: try every "
+        "count that fits the budget and keep the one with the lowest calibration loss.",
+    )
+    channel_multiple: int = Field(
+        32, description="Width: kept MLP channels per layer are a multiple of this (SIMD- and int4-group-friendly); >= 1."
+    )
+    depth_share: float = Field(
+        0.5, description="Both: the share of the removed parameters that dropping layers may take; in [0, 1]."
+    )
 
 
 def count_params(module: nn.Module) -> int:
@@ -119,13 +143,24 @@ def remove_layers(model: PreTrainedModel, drop: set[int]) -> None:
         config.layer_types = [config.layer_types[i] for i in keep]
 
 
-def prune_depth(
+def choose_layers(layers: nn.ModuleList, scores: list[float], params_now: int, budget: float) -> set[int]:
+    """Lowest-BI layers, one at a time, until the model fits ``budget`` params; keeps >= 1 layer."""
+    drop: set[int] = set()
+    for i in sorted(range(len(layers)), key=lambda i: scores[i]):
+        if params_now <= budget or len(drop) == len(layers) - 1:
+            break
+        drop.add(i)
+        params_now -= count_params(layers[i])
+    return drop
+
+
+def prune(
     model_dir: str | Path,
     out_dir: str | Path,
     config: PruneConfig,
     calibration_texts: list[str],
 ) -> dict[str, Any]:
-    """Score layers by block influence, drop the least influential, save a loadable model dir."""
+    """Depth and/or width pruning to a parameter budget; saves a loadable model dir + manifest."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not 0.0 < config.target_param_ratio <= 1.0:
         raise UserError(f"target_param_ratio={config.target_param_ratio}: must be in (0, 1], e.g. 0.8")
@@ -135,6 +170,12 @@ def prune_depth(
         raise UserError(f"calibration_samples={config.calibration_samples}: must be >= 1, e.g. 64")
     if config.max_length < 2:
         raise UserError(f"max_length={config.max_length}: must be >= 2 tokens, e.g. 128")
+    if config.target_params is not None and config.target_params < 1:
+        raise UserError(f"target_params={config.target_params}: must be >= 1, e.g. 100000000")
+    if config.channel_multiple < 1:
+        raise UserError(f"channel_multiple={config.channel_multiple}: must be >= 1, e.g. 32")
+    if not 0.0 <= config.depth_share <= 1.0:
+        raise UserError(f"depth_share={config.depth_share}: must be in [0, 1], e.g. 0.5")
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a model directory (no config.json); pass a saved model dir")
     if out_dir.resolve() == model_dir.resolve():
@@ -148,46 +189,100 @@ def prune_depth(
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     model.eval()
     layers = _decoder_layers(model, model_dir)
+    if config.method != "depth":
+        _check_width_support(model, model_dir, config.remove_kv_groups)
     added_pad = tokenizer.pad_token is None
     if added_pad:
         tokenizer.pad_token = tokenizer.eos_token
 
-    # Score every layer once on the calibration set (ShortGPT does not re-score after removal).
-    scores = block_influence(model, tokenizer, texts, config.max_length)
+    params_before = count_params(model)
+    budget = config.target_params if config.target_params is not None else config.target_param_ratio * params_before
+    num_layers_before = len(layers)
+    scores, drop, width = None, set(), None
+
+    # Depth: score every layer once (ShortGPT does not re-score after removal), drop the
+    # lowest-BI layers until the (depth part of the) budget is met.
+    if config.method in ("depth", "both"):
+        depth_budget = budget if config.method == "depth" else (
+            params_before - config.depth_share * max(params_before - budget, 0))
+        scores = block_influence(model, tokenizer, texts, config.max_length)
+        drop = choose_layers(layers, scores, params_before, depth_budget)
+        remove_layers(model, drop)
+
+    # Width: thin the remaining layers to the full budget (importance measured after depth).
+    if config.method in ("width", "both"):
+        model, width = prune_width(model, tokenizer, texts, target_params=budget, max_length=config.max_length,
+                                   channel_multiple=config.channel_multiple, remove_kv_groups=config.remove_kv_groups)
     if added_pad:
         tokenizer.pad_token = None  # calibration-only; the saved tokenizer stays as it was
-
-    # Drop lowest-BI layers one at a time until the parameter budget is met, keeping >= 1.
-    params_before = count_params(model)
-    budget = config.target_param_ratio * params_before
-    params_after = params_before
-    drop: set[int] = set()
-    for i in sorted(range(len(layers)), key=lambda i: scores[i]):
-        if params_after <= budget or len(drop) == len(layers) - 1:
-            break
-        drop.add(i)
-        params_after -= count_params(layers[i])
-
-    remove_layers(model, drop)
-    assert count_params(model) == params_after
+    params_after = count_params(model)
 
     # Save: a plain HF model dir, so every later stage loads it like any pretrained model.
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    methods = {"depth": "block_influence_depth", "width": "activation_importance_width",
+               "both": "block_influence_depth+activation_importance_width"}
     return write_manifest(
         out_dir,
         kind="pruned",
         parent=str(model_dir),
-        method="block_influence_depth",
+        method=methods[config.method],
         config=config.model_dump(),
         calibration_texts=len(texts),
         block_influence=scores,
         removed_layers=sorted(drop),
-        num_layers_before=len(scores),
-        num_layers_after=len(scores) - len(drop),
+        num_layers_before=num_layers_before,
+        num_layers_after=num_layers_before - len(drop),
+        width=width,
         params_before=params_before,
         params_after=params_after,
+        target_params=int(budget),
         target_met=params_after <= budget,
         bytes=dir_bytes(out_dir),
     )
+
+
+def prune_depth(
+    model_dir: str | Path,
+    out_dir: str | Path,
+    config: PruneConfig,
+    calibration_texts: list[str],
+) -> dict[str, Any]:
+    """Score layers by block influence, drop the least influential, save a loadable model dir."""
+    return prune(model_dir, out_dir, config.model_copy(update={"method": "depth"}), calibration_texts)
+
+
+def _check_width_support(model: PreTrainedModel, model_dir: Path, remove_kv_groups: int | None) -> None:
+    """Width pruning needs gated MLPs (gate/up/down) and q/k/v/o attention in every layer."""
+    for layer in model.model.layers:
+        mlp, attn = getattr(layer, "mlp", None), getattr(layer, "self_attn", None)
+        if not all(hasattr(mlp, n) for n in ("gate_proj", "up_proj", "down_proj")) or not all(
+                hasattr(attn, n) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "head_dim")):
+            raise UserError(f"{model_dir}: {type(model).__name__} layers lack gate/up/down and q/k/v/o projections; "
+                            "width pruning supports Llama and Qwen2 models; use --method depth")
+    groups = attention_shape(model)[1]
+    if remove_kv_groups is not None and not 0 <= remove_kv_groups < groups:
+        raise UserError(f"remove_kv_groups={remove_kv_groups}: must be in [0, {groups - 1}] "
+                        f"(the model has {groups} key/value groups per layer and keeps at least one)")
+
+
+def prune_summary(manifest: dict[str, Any]) -> dict[str, Any]:
+    """What a prune removed, in a few fields for people and ``--json`` (details stay in the manifest)."""
+    width = manifest.get("width")
+    summary: dict[str, Any] = {
+        "method": manifest.get("method"),
+        "params": f"{manifest['params_before']} -> {manifest['params_after']}",
+        "target_met": manifest.get("target_met"),
+        "layers": manifest.get("removed_layers", []),
+        "num_layers": f"{manifest['num_layers_before']} -> {manifest['num_layers_after']}",
+    }
+    if width:
+        summary.update({
+            "intermediate_size": f"{width['intermediate_size']['before']} -> {width['intermediate_size']['after']}",
+            "mlp_channels_per_layer": width["intermediate_size"]["before"] - width["intermediate_size"]["after"],
+            "key_value_groups": f"{width['key_value_groups']['before']} -> {width['key_value_groups']['after']}",
+            "attention_heads": f"{width['attention_heads']['before']} -> {width['attention_heads']['after']}",
+            "removed_heads_per_layer": width["removed_attention_heads"],
+        })
+    return summary

@@ -1,31 +1,80 @@
-"""int8 dynamic quantization of the decoder's Linear layers, for fast CPU inference.
+"""Post-training quantization for fast CPU inference: three methods, measured, one kept.
 
-Weights are stored as int8 with one scale per output channel; activations are quantized on the
-fly per call (one scale per tensor), so no calibration data is needed. Uses ``torch.ao.quantization.quantize_dynamic``: it
-is deprecated in favour of torchao, but it ships with torch, needs no extra package, and on
-our 2-core CPU it makes greedy generation roughly 3x faster than fp32.
+``int8-dynamic``
+    ``torch.ao.quantization.quantize_dynamic``: int8 weights with one scale per output channel;
+    activations quantized on the fly per call (one scale per tensor); kernel
+    ``quantized::linear_dynamic`` (fbgemm). ``mlp.down_proj`` and the tied ``lm_head`` stay float
+    (see :func:`quantize_linears`).
+``int8-weight``
+    Weight-only int8, one scale per output channel; activations stay floating point (bf16 into
+    the kernel); kernel ``aten::_weight_int8pack_mm``. No activation rounding, so ``down_proj``
+    and the ``lm_head`` can be quantized too: the input embedding and ``lm_head`` share one int8
+    table when tied, which reads 4x fewer bytes per token for the largest matrix of a small model.
+``int4-weight``
+    Weight-only int4, asymmetric, one scale and zero point per group of ``group_size`` inputs
+    (round to nearest); kernel ``aten::_weight_int4pack_mm_for_cpu`` (tinygemm layout). Embedding
+    and ``lm_head`` stay int8 as above (like llama.cpp's Q4 files keep them at higher precision).
 
-A quantized model is not a normal ``save_pretrained`` directory (packed int8 weights are not
-safetensors), so the saved dir holds ``config.json`` + tokenizer + ``quantized_state_dict.pt``
-and is loaded with :func:`load_quantized`, which rebuilds the same module tree first.
+Both weight-only kernels ship with torch (no torchao: its 0.18 int4 path needs the GPU ``mslk``
+package, and its int8 path calls the same aten op as ours). They need shapes the kernels
+accept (measured on torch 2.13: ``_weight_int8pack_mm`` returns garbage or crashes when
+``in_features`` is not a multiple of 16); a Linear that does not fit stays in the next-best
+form and the manifest lists it.
+
+``auto`` builds all three, measures on held-out texts how much next-token accuracy each loses
+against the float model, times greedy decoding, and keeps the fastest one within ``max_drop``.
+
+A quantized dir is not a ``save_pretrained`` directory: it holds ``config.json`` + tokenizer +
+``quantized_state_dict.pt`` (plain tensors, loaded with ``weights_only=True``) and the method in
+the manifest; :func:`load_quantized` rebuilds the same module tree and loads the weights as
+saved, without quantizing anything again.
 """
 from __future__ import annotations
 
+import copy
+import statistics
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Optional
 
 import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, Field
 from torch import nn
 from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
+from compress.measure import greedy_seconds, matmul_kernels, next_token_stats
 from compress.prune import count_params
-from student.manifest import dir_bytes, write_manifest
+from student.manifest import dir_bytes, read_manifest, write_manifest
 from supertiny.errors import UserError
 
 STATE_DICT_NAME = "quantized_state_dict.pt"
-FLOAT_LINEARS = ("mlp.down_proj",)  # kept in float: see quantize_linears
+FLOAT_LINEARS = ("mlp.down_proj",)  # kept in float by int8-dynamic: see quantize_linears
+METHODS = ("int8-dynamic", "int8-weight", "int4-weight")
+LEGACY_METHODS = {"torch_dynamic_int8": "int8-dynamic"}  # manifests written before the methods had names
+INT8_K_MULTIPLE = 32  # in_features the int8 weight-only kernel gets right (16 measured; margin for other CPUs)
+INT4_N_MULTIPLE = 16  # out_features the int4 packing accepts
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accepts
+
+
+class QuantizeConfig(BaseModel):
+    method: Literal["auto", "int8-dynamic", "int8-weight", "int4-weight"] = Field(
+        "auto", description="auto: try every method, keep the fastest whose accuracy drop is within max_drop."
+    )
+    max_drop: float = Field(
+        0.01,
+        description="auto: largest allowed drop in teacher-forced next-token accuracy on the held-out "
+        "texts, float model minus quantized model (0.01 = one point); >= 0.",
+    )
+    group_size: int = Field(32, description="int4-weight: inputs per scale/zero point; 32, 64, 128 or 256.")
+    eval_texts: int = Field(32, description="Held-out texts the accuracy drop is measured on; >= 1.")
+    max_length: int = Field(128, description="Texts are truncated to this many tokens; >= 2.")
+    timing_prompts: int = Field(3, description="Prompts each method's greedy decoding is timed on; >= 1.")
+    new_tokens: int = Field(16, description="Tokens generated per timed prompt; >= 2.")
+
+
+# ---- int8-dynamic ---------------------------------------------------------------------------
 
 
 def quantize_linears(model: PreTrainedModel) -> PreTrainedModel:
@@ -58,51 +107,306 @@ def quantize_linears(model: PreTrainedModel) -> PreTrainedModel:
         return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
 
 
-def quantize_int8(model_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
-    """Load a (possibly pruned) model dir, int8-quantize its Linears, save a quantized dir."""
-    model_dir, out_dir = Path(model_dir), Path(out_dir)
+# ---- weight-only int8 / int4 modules --------------------------------------------------------
+
+
+def int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric int8 per row: (int8 weight, bf16 scale) with weight ~= int8 * scale."""
+    scales = (weight.abs().amax(dim=1).clamp(min=1e-8) / 127).to(torch.bfloat16)
+    # Round with the bf16 scale the kernel will multiply by, not the float32 one.
+    q = torch.round(weight / scales.float()[:, None]).clamp(-128, 127).to(torch.int8)
+    return q, scales
+
+
+class Int8WeightLinear(nn.Module):
+    """``y = x W^T + b`` with W stored as int8 rows times a bf16 scale per row
+    (``aten::_weight_int8pack_mm``; activations go in as bf16, come out in the input dtype)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight_int8", torch.zeros(out_features, in_features, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(out_features, dtype=torch.bfloat16))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear) -> "Int8WeightLinear":
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        module.weight_int8, module.scales = int8_rows(linear.weight.detach().float())
+        if linear.bias is not None:
+            module.bias = linear.bias.detach().float().clone()
+        return module
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        out = torch.ops.aten._weight_int8pack_mm(flat, self.weight_int8, self.scales)
+        out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return out + self.bias if self.bias is not None else out
+
+
+class Int8Embedding(nn.Module):
+    """An embedding table stored as int8 rows times a bf16 scale per row (the same format as
+    :class:`Int8WeightLinear`, so a tied ``lm_head`` shares these very tensors)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int) -> None:
+        super().__init__()
+        self.num_embeddings, self.embedding_dim = num_embeddings, embedding_dim
+        self.register_buffer("weight_int8", torch.zeros(num_embeddings, embedding_dim, dtype=torch.int8))
+        self.register_buffer("scales", torch.ones(num_embeddings, dtype=torch.bfloat16))
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        rows = F.embedding(input_ids, self.weight_int8).float()
+        return rows * self.scales[input_ids].float().unsqueeze(-1)
+
+
+def int4_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Asymmetric int4 per group of ``group_size`` inputs, in the tinygemm convention
+    ``w ~= (q - 8) * scale + zero``: (q as uint8 two per byte [N, K/2], bf16 scales_and_zeros [K/g, N, 2])."""
+    n, k = weight.shape
+    groups = weight.reshape(n, k // group_size, group_size)
+    low, high = groups.amin(-1), groups.amax(-1)
+    scales = ((high - low).clamp(min=1e-8) / 15).to(torch.bfloat16)
+    zeros = (low + 8 * scales.float()).to(torch.bfloat16)
+    q = torch.round((groups - zeros.float()[..., None]) / scales.float()[..., None] + 8).clamp(0, 15)
+    q = q.reshape(n, k).to(torch.uint8)
+    packed = q[:, 0::2] | (q[:, 1::2] << 4)  # plain nibbles, even input in the low half
+    scales_and_zeros = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()
+    return packed, scales_and_zeros
+
+
+class Int4WeightLinear(nn.Module):
+    """``y = x W^T + b`` with W in int4 groups (``aten::_weight_int4pack_mm_for_cpu``).
+
+    The state dict keeps plain nibbles (``weight_uint4x2``); the kernel's own packed layout is
+    made at first use, because it depends on the CPU's vector width and must not be saved."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, group_size: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features, self.group_size = in_features, out_features, group_size
+        self.register_buffer("weight_uint4x2", torch.zeros(out_features, in_features // 2, dtype=torch.uint8))
+        self.register_buffer("scales_and_zeros",
+                             torch.zeros(in_features // group_size, out_features, 2, dtype=torch.bfloat16))
+        self.register_buffer("bias", torch.zeros(out_features) if bias else None)
+        self._kernel_weight: torch.Tensor | None = None
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, group_size: int) -> "Int4WeightLinear":
+        module = cls(linear.in_features, linear.out_features, linear.bias is not None, group_size)
+        module.weight_uint4x2, module.scales_and_zeros = int4_groups(linear.weight.detach().float(), group_size)
+        if linear.bias is not None:
+            module.bias = linear.bias.detach().float().clone()
+        return module
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._kernel_weight = None  # new nibbles: repack at next use
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel_weight is None:
+            nibbles = torch.stack([self.weight_uint4x2 & 15, self.weight_uint4x2 >> 4], dim=-1)
+            q = nibbles.reshape(self.out_features, self.in_features).to(torch.int32)
+            self._kernel_weight = torch.ops.aten._convert_weight_to_int4pack_for_cpu(q, 1)
+        flat = x.reshape(-1, self.in_features).to(torch.bfloat16)
+        out = torch.ops.aten._weight_int4pack_mm_for_cpu(flat, self._kernel_weight, self.group_size,
+                                                         self.scales_and_zeros)
+        out = out.reshape(*x.shape[:-1], self.out_features).to(x.dtype)
+        return out + self.bias if self.bias is not None else out
+
+
+def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
+
+
+def quantize_weights(model: PreTrainedModel, bits: int, group_size: int = 32,
+                     from_weights: bool = True) -> dict[str, list[str]]:
+    """Weight-only quantization in place: every decoder Linear to int4 (``bits=4``) or int8, the
+    embedding and lm_head to int8 (one shared table when tied). ``from_weights=False`` builds
+    empty modules of the same shapes, for loading a saved state dict into.
+    Returns the module names per storage format."""
+    embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is embedding.weight
+    kept: dict[str, list[str]] = {"int4": [], "int8": [], "float": []}
+    for name, module in list(model.named_modules()):
+        if not isinstance(module, nn.Linear):
+            continue
+        k, n, has_bias = module.in_features, module.out_features, module.bias is not None
+        if (bits == 4 and module is not head and k % group_size == 0 and n % INT4_N_MULTIPLE == 0
+                and k % INT8_K_MULTIPLE == 0):
+            new = (Int4WeightLinear.from_float(module, group_size) if from_weights
+                   else Int4WeightLinear(k, n, has_bias, group_size))
+            kept["int4"].append(name)
+        elif k % INT8_K_MULTIPLE == 0:
+            new = Int8WeightLinear.from_float(module) if from_weights else Int8WeightLinear(k, n, has_bias)
+            kept["int8"].append(name)
+        else:
+            kept["float"].append(name)
+            continue
+        _set_module(model, name, new)
+
+    # The embedding: int8 rows in the lm_head's format; one table for both names when tied.
+    emb_name = next(name for name, module in model.named_modules() if module is embedding)
+    table = Int8Embedding(embedding.num_embeddings, embedding.embedding_dim)
+    if from_weights:
+        table.weight_int8, table.scales = int8_rows(embedding.weight.detach().float())
+    _set_module(model, emb_name, table)
+    kept["int8"].append(emb_name)
+    new_head = model.get_output_embeddings()
+    if tied and isinstance(new_head, Int8WeightLinear):
+        new_head.weight_int8, new_head.scales = table.weight_int8, table.scales  # same tensors: one table
+    return kept
+
+
+def quantize_model(model: PreTrainedModel, method: str, group_size: int = 32,
+                   from_weights: bool = True) -> dict[str, list[str]]:
+    """Apply ``method`` in place; returns the module names per storage format."""
+    if method == "int8-dynamic":
+        quantize_linears(model)
+        dynamic = torch.ao.nn.quantized.dynamic.Linear
+        return {"int8-dynamic": [n for n, m in model.named_modules() if isinstance(m, dynamic)],
+                "float": [n for n, m in model.named_modules()
+                          if type(m) is nn.Linear or m is model.get_input_embeddings()]}
+    return quantize_weights(model, bits=4 if method == "int4-weight" else 8, group_size=group_size,
+                            from_weights=from_weights)
+
+
+# ---- the job --------------------------------------------------------------------------------
+
+
+def _check(model_dir: Path, out_dir: Path, config: QuantizeConfig) -> None:
+    # Range checks here rather than in pydantic: every bad value is one line naming the field.
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a model directory (no config.json); pass a saved model dir")
     if out_dir.resolve() == model_dir.resolve():
         raise UserError(f"{out_dir}: output dir is the input model dir; choose a new directory")
+    if config.max_drop < 0:
+        raise UserError(f"max_drop={config.max_drop}: must be >= 0, e.g. 0.01")
+    if config.group_size not in INT4_GROUP_SIZES:
+        raise UserError(f"group_size={config.group_size}: must be one of {INT4_GROUP_SIZES}")
+    for field, least in (("eval_texts", 1), ("max_length", 2), ("timing_prompts", 1), ("new_tokens", 2)):
+        if getattr(config, field) < least:
+            raise UserError(f"{field}={getattr(config, field)}: must be >= {least}")
 
-    # Dynamic quantization kernels take fp32 Linears only, whatever dtype the dir was saved in.
-    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+
+def measure_methods(float_model: PreTrainedModel, variants: dict[str, PreTrainedModel], tokenizer: Any,
+                    texts: list[str], config: QuantizeConfig) -> dict[str, dict[str, Any]]:
+    """Accuracy drop, agreement with the float model, decode speed and the matmul kernels that
+    ran, per method, all on the same texts; timings interleave the models prompt by prompt, so a
+    burst of load from elsewhere slows them alike."""
+    models = {"float32": float_model, **variants}
+    stats = next_token_stats(models, tokenizer, texts[:config.eval_texts], config.max_length, reference="float32",
+                             batch_size=4)
+    prompts = texts[:config.timing_prompts]
+    first_token: dict[str, list[float]] = {name: [] for name in models}
+    whole: dict[str, list[float]] = {name: [] for name in models}
+    kernels = {}
+    for name, model in models.items():  # warm-up (first-call allocations, int4 packing)
+        batch = tokenizer([prompts[0]], return_tensors="pt", truncation=True, max_length=config.max_length)
+        greedy_seconds(model, tokenizer, batch, 2)
+        kernels[name] = matmul_kernels(model, batch)
+    for prompt in prompts:
+        batch = tokenizer([prompt], return_tensors="pt", truncation=True, max_length=config.max_length)
+        for name, model in models.items():
+            first_token[name].append(greedy_seconds(model, tokenizer, batch, 1)[0])
+            whole[name].append(greedy_seconds(model, tokenizer, batch, config.new_tokens)[0])
+    report = {}
+    for name in models:
+        # Decode time per token: the N-token generation minus its prefill + first token.
+        decode = max(statistics.median(whole[name]) - statistics.median(first_token[name]), 1e-9)
+        report[name] = {**stats[name], "accuracy_drop": stats["float32"]["accuracy"] - stats[name]["accuracy"],
+                        "decode_ms_per_token": 1000 * decode / (config.new_tokens - 1),
+                        "kernels": kernels[name]}
+    return report
+
+
+def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig,
+             texts: list[str] | None = None) -> dict[str, Any]:
+    """Quantize a (possibly pruned) model dir with ``config.method`` (or the best of all three
+    for ``auto``), save it with its measurements in the manifest, return the manifest.
+
+    ``texts``: held-out texts for the accuracy and speed measurements (required for ``auto``;
+    without them an explicit method is applied unmeasured). No method fits anything to them.
+    """
+    model_dir, out_dir = Path(model_dir), Path(out_dir)
+    _check(model_dir, out_dir, config)
+    texts = [t for t in (texts or []) if t.strip()]
+    if config.method == "auto" and not texts:
+        raise UserError("quantize --method auto: no held-out texts to measure accuracy on; pass "
+                        "--calibration-dataset (or generate tasks) or choose a --method")
+
+    # Setup: the kernels take float32 Linears, whatever dtype the dir was saved in.
+    float_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model.eval()
-    params = count_params(model)  # counted before packing: packed int8 weights are not Parameters
-    quantize_linears(model)
+    params = count_params(float_model)  # counted before packing: packed weights are not Parameters
+    methods = list(METHODS) if config.method == "auto" else [config.method]
+    variants, formats = {}, {}
+    for method in methods:
+        # The last one may consume the float model; the others quantize a copy.
+        variants[method] = float_model if method == methods[-1] and not texts else copy.deepcopy(float_model)
+        formats[method] = quantize_model(variants[method], method, config.group_size)
+
+    measured: dict[str, dict[str, Any]] = {}
+    if texts:
+        measured = measure_methods(float_model, variants, tokenizer, texts, config)
+    chosen = methods[0]
+    if config.method == "auto":
+        within = [m for m in methods if measured[m]["accuracy_drop"] <= config.max_drop]
+        if not within:
+            drops = ", ".join(f"{m} {measured[m]['accuracy_drop']:.3f}" for m in methods)
+            raise UserError(f"quantize --max-drop {config.max_drop}: every method loses more accuracy ({drops}); "
+                            "raise --max-drop or keep the float model")
+        chosen = min(within, key=lambda m: measured[m]["decode_ms_per_token"])
+    model = variants[chosen]
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    model.config.dtype = torch.float32  # what load_quantized must rebuild before quantizing
+    model.config.dtype = torch.float32  # what load_quantized must rebuild before swapping modules
     model.config.save_pretrained(out_dir)
     if model.generation_config is not None:
         model.generation_config.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
-    # torch.save keeps storage sharing, so the tied embedding/lm_head weight is written once.
+    # torch.save keeps storage sharing, so a tied table is written once.
     torch.save(model.state_dict(), out_dir / STATE_DICT_NAME)
     return write_manifest(
         out_dir,
         kind="quantized",
         parent=str(model_dir),
-        method="torch_dynamic_int8",
-        quantized_modules="every decoder nn.Linear except mlp.down_proj (activation outliers); lm_head tied, float",
+        method=chosen,
+        quantization={"method": chosen, "group_size": config.group_size},
+        config=config.model_dump(),
+        quantized_modules=formats[chosen],
+        kernels=measured.get(chosen, {}).get("kernels"),
+        measured=measured,  # every method tried (and float32), on the same texts
+        held_out_texts=min(len(texts), config.eval_texts),
         params=params,
         bytes=dir_bytes(out_dir),
     )
 
 
+def quantize_int8(model_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
+    """int8 dynamic quantization, unmeasured (what ``supertiny demo`` has always used)."""
+    return quantize(model_dir, out_dir, QuantizeConfig(method="int8-dynamic"))
+
+
 def load_quantized(path: str | Path) -> tuple[PreTrainedModel, Any]:
-    """Rebuild the architecture from config, quantize it the same way, load the int8 weights."""
+    """Rebuild the architecture from config, swap in the same quantized modules (empty), load
+    the saved weights as they are."""
     path = Path(path)
     weights = path / STATE_DICT_NAME
     if not weights.is_file() or not (path / "config.json").is_file():
         raise UserError(f"{path}: no quantized model here (needs config.json and {STATE_DICT_NAME}); run quantize first")
+    manifest = read_manifest(path)
+    method = (manifest.get("quantization") or {}).get("method") or manifest.get("method") or "int8-dynamic"
+    method = LEGACY_METHODS.get(method, method)
+    if method not in METHODS:
+        raise UserError(f"{path}/supertiny_manifest.json: unknown quantization method {method!r}; "
+                        f"expected one of {', '.join(METHODS)}")
 
     config = AutoConfig.from_pretrained(path)
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.eval()
-    quantize_linears(model)  # same module tree as at save time, so every key has a home
+    # Same module tree as at save time, so every key has a home (int8-dynamic quantizes the
+    # random init once: torch.ao has no empty constructor for its packed weights).
+    quantize_model(model, method, (manifest.get("quantization") or {}).get("group_size", 32), from_weights=False)
     # The packed params serialize as plain (qint8 tensor, bias) tuples, which the safe
     # weights_only unpickler accepts in torch 2.13, so no arbitrary-pickle loading is needed.
     # Rebuilding quantized tensors goes through the deprecated TypedStorage path and warns

@@ -1,6 +1,8 @@
-"""int8 dynamic quantization on a real tiny Llama: round trip, size, lineage, pruned input."""
+"""Quantization on a real tiny Llama: int8 dynamic, int8 and int4 weight-only, auto; round trip,
+closeness to the float model, size, kernels, lineage, pruned input, the CLI."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -8,12 +10,20 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from typer.testing import CliRunner
+
+from compress.measure import next_token_stats
 from compress.prune import PruneConfig, prune_depth
-from compress.quantize import STATE_DICT_NAME, load_quantized, quantize_int8, quantize_linears
+from compress.quantize import (METHODS, STATE_DICT_NAME, Int8WeightLinear, QuantizeConfig, load_quantized, quantize,
+                               quantize_int8, quantize_linears, quantize_model)
+from dataengine.store import Store
 from student.format import direct_prompt
+from student.generate import load_model
 from student.manifest import dir_bytes, read_manifest
 from student.tiny import build_tiny_model
+from supertiny.cli import app
 from supertiny.errors import UserError
+from tools.registry import get_domain
 
 TEXTS = [
     direct_prompt(u, {"now": "2026-03-14T09:30", "weekday": "Saturday"})
@@ -113,3 +123,111 @@ def test_missing_path_is_a_user_error(tmp_path: Path) -> None:
         load_quantized(tmp_path / "nope")
     with pytest.raises(UserError, match="no config.json"):
         quantize_int8(tmp_path / "nope", tmp_path / "out")
+
+
+# ---- the three methods ----------------------------------------------------------------------
+
+KERNEL = {"int8-dynamic": "quantized::linear_dynamic", "int8-weight": "aten::_weight_int8pack_mm",
+          "int4-weight": "aten::_weight_int4pack_mm_for_cpu"}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Timings inside auto run beside other processes: one thread keeps OpenMP from spinning.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def saved(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each method applied without measurements (no texts) and saved."""
+    out = tmp_path_factory.mktemp("methods")
+    for method in METHODS:
+        quantize(tiny_dir, out / method, QuantizeConfig(method=method))
+    return {method: out / method for method in METHODS}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_round_trip_gives_the_outputs_of_before_saving(tiny_dir: Path, saved: dict[str, Path], method: str) -> None:
+    before = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
+    quantize_model(before, method)
+    after, tokenizer = load_model(saved[method])  # student.generate dispatches on kind "quantized"
+    assert read_manifest(saved[method])["method"] == method
+    for text in TEXTS[:3]:
+        seq_before, logits_before = _greedy(before, tokenizer, text)
+        seq_after, logits_after = _greedy(after, tokenizer, text)
+        assert torch.equal(seq_before, seq_after)
+        torch.testing.assert_close(logits_after, logits_before, atol=1e-6, rtol=1e-6)
+
+
+# Relative logit error and greedy agreement with float32 (measured 0.03 / 0.015 / 0.15 and
+# 100% / 100% / 77% on this model); a wrong scale or nibble order would be off by far more.
+CLOSE = {"int8-dynamic": (0.06, 0.9), "int8-weight": (0.04, 0.9), "int4-weight": (0.3, 0.6)}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_quantized_stays_close_to_float(tiny_dir: Path, saved: dict[str, Path], method: str) -> None:
+    model_fp32 = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
+    model_q, tokenizer = load_quantized(saved[method])
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        ref, got = model_fp32(**batch).logits, model_q(**batch).logits
+    max_rel, min_agreement = CLOSE[method]
+    assert 0 < ((got - ref).norm() / ref.norm()).item() < max_rel
+    stats = next_token_stats({"fp32": model_fp32, "q": model_q}, tokenizer, TEXTS, 64, reference="fp32")
+    assert stats["q"]["agreement"] >= min_agreement
+
+
+def test_weight_only_methods_share_one_int8_table_and_shrink_the_file(saved: dict[str, Path]) -> None:
+    sizes = {m: (saved[m] / STATE_DICT_NAME).stat().st_size for m in METHODS}
+    for method in ("int8-weight", "int4-weight"):
+        model, _ = load_quantized(saved[method])
+        assert isinstance(model.lm_head, Int8WeightLinear)
+        assert model.lm_head.weight_int8 is model.model.embed_tokens.weight_int8  # tied: one table
+        assert not any(type(m) is nn.Linear for m in model.modules())
+    # int8-dynamic keeps the fp32 embedding and down_proj; int4 halves the decoder Linears again.
+    assert sizes["int4-weight"] < sizes["int8-weight"] < sizes["int8-dynamic"]
+
+
+def test_auto_keeps_the_fastest_method_within_the_budget(tiny_dir: Path, tmp_path: Path) -> None:
+    config = QuantizeConfig(method="auto", max_drop=0.5, eval_texts=5, timing_prompts=2, new_tokens=4)
+    manifest = quantize(tiny_dir, tmp_path / "auto", config, TEXTS)
+    measured = manifest["measured"]
+    assert set(measured) == {"float32", *METHODS}
+    within = [m for m in METHODS if measured[m]["accuracy_drop"] <= 0.5]
+    assert manifest["method"] == min(within, key=lambda m: measured[m]["decode_ms_per_token"])
+    for method in METHODS:
+        # Each method really ran its kernel, and the float model only aten::mm.
+        assert KERNEL[method] in measured[method]["kernels"]
+        assert measured[method]["decode_ms_per_token"] > 0 and 0 <= measured[method]["agreement"] <= 1
+    assert set(measured["float32"]["kernels"]) == {"aten::mm"}
+    assert manifest["kernels"] == measured[manifest["method"]]["kernels"]
+    model, tokenizer = load_quantized(tmp_path / "auto")
+    assert _greedy(model, tokenizer, TEXTS[0], new_tokens=3)[0].shape[1] == len(tokenizer(TEXTS[0])["input_ids"]) + 3
+
+
+def test_bad_quantize_options_are_user_errors(tiny_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="held-out texts"):
+        quantize(tiny_dir, tmp_path / "q", QuantizeConfig(method="auto"), [])
+    with pytest.raises(UserError, match="group_size"):
+        quantize(tiny_dir, tmp_path / "q", QuantizeConfig(method="int4-weight", group_size=48), TEXTS)
+    with pytest.raises(UserError, match="max_drop"):
+        quantize(tiny_dir, tmp_path / "q", QuantizeConfig(max_drop=-0.1), TEXTS)
+    assert not (tmp_path / "q").exists()
+
+
+def test_cli_quantize_reports_method_kernels_and_measurements(tiny_dir: Path, tmp_path: Path) -> None:
+    store = Store(tmp_path / "cli.db")
+    store.add_tasks(get_domain("home").generate_tasks(seed=0, n_train=6, n_dev=0, n_test=0))  # held-out prompts
+    result = CliRunner().invoke(app, ["--db", str(store.path), "compress", "quantize", str(tiny_dir), "--out",
+                                      str(tmp_path / "q"), "--method", "int4-weight", "--json"])
+    assert result.exit_code == 0, result.output
+    row, = json.loads(result.stdout)
+    assert row["kind"] == "quantized" and row["name"].endswith("-int4-weight") and row["method"] == "int4-weight"
+    assert KERNEL["int4-weight"] in row["kernels"]
+    assert set(row["measured"]) == {"float32", "int4-weight"}
+    bad = CliRunner().invoke(app, ["--db", str(store.path), "compress", "quantize", str(tiny_dir), "--out",
+                                   str(tmp_path / "x"), "--method", "int3"])
+    assert bad.exit_code != 0 and "method" in str(bad.exception)

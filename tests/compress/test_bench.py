@@ -1,0 +1,60 @@
+"""``supertiny compress bench`` on two real tiny models (float and int8 weight-only): every field
+comes back with a sane type and sign. Timings are measured, never asserted."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from compress.bench import BenchConfig, bench_models
+from compress.quantize import QuantizeConfig, quantize
+from student.format import direct_prompt
+from student.tiny import build_tiny_model
+from supertiny.cli import app
+from supertiny.errors import UserError
+
+TEXTS = [direct_prompt(u, {"now": "2026-03-14T09:30", "weekday": "Saturday"})
+         for u in ("turn off the kitchen lights", "set the thermostat to 21 degrees", "lock the front door")]
+POSITIVE = ("bytes_on_disk", "weight_bytes_per_token", "peak_rss_bytes", "baseline_rss_bytes", "load_s", "ttft_ms",
+            "decode_tokens_per_s", "latency_ms_p50", "latency_ms_p95", "batch_latency_ms_p50", "batch_latency_ms_p95",
+            "batch_tokens_per_s", "bandwidth_gb_s", "bandwidth_bound_tokens_per_s", "bandwidth_efficiency")
+
+
+@pytest.fixture(scope="module")
+def two_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    root = tmp_path_factory.mktemp("bench")
+    base = build_tiny_model(root / "float", TEXTS, hidden_size=64, num_layers=2)
+    quantize(base, root / "int8w", QuantizeConfig(method="int8-weight"))
+    return [base, root / "int8w"]
+
+
+def test_bench_reports_every_field_for_each_model(two_models: list[Path]) -> None:
+    result = CliRunner().invoke(app, ["compress", "bench", *map(str, two_models), "--new-tokens", "3", "--prompts", "2",
+                                      "--repeats", "1", "--batch-size", "2", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [Path(r["model"]) for r in rows] == two_models
+    for row in rows:
+        for field in POSITIVE:
+            assert isinstance(row[field], (int, float)) and row[field] > 0, field
+        assert isinstance(row["params"], int) and row["params"] > 0
+        assert row["peak_rss_bytes"] >= row["baseline_rss_bytes"]  # each model's own process
+        assert row["latency_ms_p95"] >= row["latency_ms_p50"] and row["batch_size"] == 2
+        assert 0 <= row["top1_agreement_with_first"] <= 1 and 0 <= row["generation_agreement_with_first"] <= 1
+        assert 0 <= row["next_token_accuracy"] <= 1 and row["model_rss_bytes"] >= 0
+    first, second = rows
+    assert first["top1_agreement_with_first"] == 1.0 and first["generation_agreement_with_first"] == 1.0
+    assert all(value == 1.0 for value in first["relative_to_first"].values())
+    assert second["kind"] == "quantized" and second["params"] == first["params"]
+    # int8 weights (and one shared int8 table) read fewer bytes per token than float32.
+    assert second["weight_bytes_per_token"] < first["weight_bytes_per_token"] / 2
+    assert second["relative_to_first"]["bytes_on_disk"] < 1
+
+
+def test_bench_rejects_bad_input(two_models: list[Path], tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="no config.json"):
+        bench_models([two_models[0], tmp_path], BenchConfig())
+    with pytest.raises(UserError, match="new_tokens"):
+        bench_models(two_models, BenchConfig(new_tokens=1))
