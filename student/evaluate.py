@@ -3,7 +3,8 @@
 Every model is graded by the same verifier (``dataengine.verify.compare_calls``). Per model
 and per slice (all, and the test split's seen/novel slices) we report exact match, function
 name accuracy, argument F1, median latency per request, prompt+completion tokens per request
-and model calls per request.
+and model calls per request; for an intent/slot domain (``Domain.slot_metrics``) also intent
+accuracy, slot F1 and sentence accuracy (``student/intent_slot.py``).
 """
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ from typing import Any, Callable
 
 from agent.backends import make_chat_model
 from agent.graph import build_agent
+from agent.local import student_format
 from agent.run import run_request
 from dataengine.schema import EvaluationRow, PredictionRow, TaskRow
 from dataengine.store import Store
 from dataengine.verify import compare_calls
+from student.intent_slot import intent_slot_metrics
 from supertiny.errors import UserError
 from tools.registry import Domain
 
@@ -46,12 +49,13 @@ def predict_with_teacher(tasks: list[TaskRow], model_spec: str, *, domain: Domai
     return out
 
 
-def predict_with_student(tasks: list[TaskRow], model_path: str,
-                         on_step: Callable[[], None] | None = None) -> list[Prediction]:
-    """A direct-mode student: one short prompt in, one call out, no tools."""
+def predict_with_student(tasks: list[TaskRow], model_path: str, on_step: Callable[[], None] | None = None,
+                         domain: Domain | None = None) -> list[Prediction]:
+    """A direct-mode student: one short prompt in, one call out (a program-mode student's call
+    comes from running its one-line plan with ``domain``'s tools)."""
     from student.generate import DirectStudent
 
-    student = DirectStudent(model_path)
+    student = DirectStudent(model_path, domain=domain)
     out = []
     for task in tasks:
         p = student.predict(task.input, task.context)
@@ -61,9 +65,18 @@ def predict_with_student(tasks: list[TaskRow], model_path: str,
     return out
 
 
+def predict_with_agent_student(tasks: list[TaskRow], model_path: str, *, domain: Domain,
+                               on_step: Callable[[], None] | None = None) -> list[Prediction]:
+    """An agent-mode student (student/train_agent.py): the teacher's graph and tools, with the
+    student as its chat model through the ``local:`` backend, greedy."""
+    return predict_with_teacher(tasks, f"local:{model_path}", domain=domain, on_step=on_step)
+
+
 def summarize(run_id: str, label: str, spec: str, model_id: int | None, split: str, tasks: list[TaskRow],
-              predictions: list[Prediction], compare: Callable = compare_calls
+              predictions: list[Prediction], compare: Callable = compare_calls, slot_metrics: bool = False
               ) -> tuple[list[EvaluationRow], list[PredictionRow]]:
+    """One row per slice (all, and each task slice); ``slot_metrics`` (the domain's) adds intent
+    accuracy, slot F1 and sentence accuracy (``student/intent_slot.py``) to every row."""
     by_id = {task.id: task for task in tasks}
     graded = [(p, compare(p.call, by_id[p.task_id].gold)) for p in predictions]
     slices = {"all": graded}
@@ -82,6 +95,7 @@ def summarize(run_id: str, label: str, spec: str, model_id: int | None, split: s
             latency_ms_median=statistics.median(p.latency_ms for p, _ in items),
             tokens_per_request=sum(p.tokens for p, _ in items) / n,
             calls_per_request=sum(p.model_calls for p, _ in items) / n,
+            **(intent_slot_metrics((p.call, by_id[p.task_id].gold) for p, _ in items) if slot_metrics else {}),
         ))
     preds = [PredictionRow(evaluation_run=run_id, model_label=label, task_id=p.task_id, prediction=p.call,
                            exact=int(g["exact"]), latency_ms=p.latency_ms, tokens=p.tokens, model_calls=p.model_calls)
@@ -103,14 +117,19 @@ def run_eval(store: Store, *, domain: str, split: str, teacher: str | None, stud
     if teacher:
         step = on_model("teacher", len(tasks)) if on_model else None
         preds = predict_with_teacher(tasks, teacher, domain=resolved, base_url=base_url, api_key=api_key, on_step=step)
-        r, p = summarize(run_id, "teacher", teacher, None, split, tasks, preds, compare)
+        r, p = summarize(run_id, "teacher", teacher, None, split, tasks, preds, compare,
+                         slot_metrics=resolved.slot_metrics)
         store.add_evaluation(r, p)
         rows += r
     for label, path in students:
         step = on_model(label, len(tasks)) if on_model else None
-        preds = predict_with_student(tasks, path, on_step=step)
+        if student_format(path) == "agent":  # recorded in its manifest (or its parent's, when compressed)
+            preds = predict_with_agent_student(tasks, path, domain=resolved, on_step=step)
+        else:
+            preds = predict_with_student(tasks, path, on_step=step, domain=resolved)
         model = store.model_by_path(str(path))
-        r, p = summarize(run_id, label, str(path), model.id if model else None, split, tasks, preds, compare)
+        r, p = summarize(run_id, label, str(path), model.id if model else None, split, tasks, preds, compare,
+                         slot_metrics=resolved.slot_metrics)
         store.add_evaluation(r, p)
         rows += r
     return run_id, rows

@@ -5,17 +5,21 @@
     supertiny jobs      list | status | resume | cancel | prices | set-price
     supertiny traces    list | show | sql | import | verify | judge | consistency | dedup | review
     supertiny dataset   build | list | export | diff
-    supertiny student   train
-    supertiny compress  prune | quantize
+    supertiny student   train | dpo | grpo | distill
+    supertiny serve
+    supertiny compress  prune | quantize | bench
     supertiny models    list
     supertiny lineage
     supertiny eval
     supertiny demo
+    supertiny bench     snips
+    supertiny report
 
 Every command takes the global ``--db`` (or ``SUPERTINY_DB``); data commands take ``--json``.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 from datetime import datetime
@@ -43,11 +47,13 @@ models_app = typer.Typer(no_args_is_help=True, help="Registered model artifacts 
 for name, sub in [("tasks", tasks_app), ("agent", agent_app), ("traces", traces_app), ("dataset", dataset_app),
                   ("student", student_app), ("compress", compress_app), ("models", models_app)]:
     app.add_typer(sub, name=name)
+bench_app = typer.Typer(no_args_is_help=True, help="Public benchmarks, end to end.")
+app.add_typer(bench_app, name="bench")
 
 STATE: dict[str, Any] = {"db": None, "store": None}
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 DomainOpt = Annotated[str, typer.Option("--domain", help="Built-in domain name, importable module or .py file.")]
-ModelOpt = Annotated[str, typer.Option("--model", help="'planner' (offline) or 'openai:<model>'.")]
+ModelOpt = Annotated[str, typer.Option("--model", help="'planner' (offline), 'openai:<model>' or 'local:<model dir>'.")]
 BaseUrlOpt = Annotated[Optional[str], typer.Option("--base-url", help="OpenAI-compatible endpoint (or OPENAI_BASE_URL).")]
 ApiKeyOpt = Annotated[Optional[str], typer.Option("--api-key", help="API key (or OPENAI_API_KEY).")]
 # The endpoint bundle shared by agent run / generate / chat (agent.backends.ModelOptions).
@@ -109,9 +115,11 @@ def store():
     return STATE["store"]
 
 
-def progress() -> Progress:
+def progress(on_stderr: bool = False) -> Progress:
+    """A progress bar; ``on_stderr`` when stdout carries ``--json`` data."""
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                    console=err_console if on_stderr else console)
 
 
 # ---- tasks ----------------------------------------------------------------------------------
@@ -224,7 +232,10 @@ def agent_chat(domain: DomainOpt = "home", model: ModelOpt = "planner", temperat
 
 
 @agent_app.command("generate")
-def agent_generate(split: str = "train", samples: int = 4, concurrency: int = 8, domain: DomainOpt = "home",
+def agent_generate(split: str = "train", samples: int = 4, concurrency: int = 8,
+                   workers: Annotated[int, typer.Option(help="Processes sharing the samples, --concurrency, --rpm and "
+                                                             "--tpm (more CPU for fast endpoints).")] = 1,
+                   domain: DomainOpt = "home",
                    model: ModelOpt = "planner", temperature: float = 0.7, seed: int = 0,
                    limit: Annotated[Optional[int], typer.Option(help="Only the first N tasks.")] = None,
                    max_model_calls: int = 6, base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None,
@@ -237,7 +248,8 @@ def agent_generate(split: str = "train", samples: int = 4, concurrency: int = 8,
     from agent.batch import GenerateConfig, generate
 
     config = GenerateConfig(domain=domain, split=split, model=model, samples=samples, temperature=temperature,
-                            seed=seed, concurrency=concurrency, max_model_calls=max_model_calls, limit=limit,
+                            seed=seed, concurrency=concurrency, workers=workers, max_model_calls=max_model_calls,
+                            limit=limit,
                             base_url=base_url, api_key=api_key, rpm=rpm, tpm=tpm, max_attempts=max_attempts,
                             retry_delay=retry_delay,
                             model_options={k: v for k, v in endpoint_options(
@@ -338,6 +350,7 @@ def jobs_status(job_id: int, as_json: JsonOpt = False) -> None:
 
 @jobs_app.command("resume")
 def jobs_resume(job_id: int, concurrency: Annotated[Optional[int], typer.Option(help="Default: the job's.")] = None,
+                workers: Annotated[Optional[int], typer.Option(help="Default: the job's.")] = None,
                 rpm: RpmOpt = None, tpm: TpmOpt = None,
                 max_attempts: Annotated[Optional[int], typer.Option(help="Default: the job's.")] = None,
                 retry_delay: Annotated[Optional[float], typer.Option(help="Default: the job's.")] = None,
@@ -351,7 +364,7 @@ def jobs_resume(job_id: int, concurrency: Annotated[Optional[int], typer.Option(
     if job.kind != "generate":
         raise UserError(f"job {job_id} is a {job.kind!r} job: only generate jobs can be resumed")
     counts = run_job_with_progress(f"{job.model} on {job.split}", lambda on_progress: resume(
-        s, job_id, on_progress, concurrency=concurrency, rpm=rpm, tpm=tpm, max_attempts=max_attempts,
+        s, job_id, on_progress, concurrency=concurrency, workers=workers, rpm=rpm, tpm=tpm, max_attempts=max_attempts,
         retry_delay=retry_delay, base_url=base_url, api_key=api_key))
     print_job_result(counts, as_json)
 
@@ -566,11 +579,27 @@ def dataset_build(name: str, split: str = "train", domain: DomainOpt = "home", m
                       help="The score compared with --min-score (e.g. self_consistency when there is no gold).")] = "gold_match",
                   require: Annotated[Optional[list[str]], typer.Option(
                       "--require", help="Also require this score, e.g. dedup_input or 'judge>=0.75' (repeatable).")] = None,
+                  from_gold: Annotated[bool, typer.Option(
+                      "--from-gold", help="No teacher: train on the tasks' own gold calls (human-labelled data "
+                                          "such as SNIPS), stored as traces of model 'gold'.")] = False,
+                  limit: Annotated[Optional[int], typer.Option(
+                      help="With --from-gold: only N tasks, spread evenly over the split.")] = None,
                   as_json: JsonOpt = False) -> None:
     """Best-of-N rejection sampling: one verified trace per task, as a new version NAME@N.
-    Reviewed traces follow the reviewer: rejected ones are dropped, accepted ones pass (edited answers included)."""
+    Reviewed traces follow the reviewer: rejected ones are dropped, accepted ones pass (edited answers included).
+    With --from-gold: one gold trace per task instead."""
     from dataengine.curate import best_of_n
 
+    if from_gold:
+        from dataengine.gold import gold_dataset
+
+        if model or require:
+            raise UserError("--from-gold takes every task's gold call: --model and --require do not apply")
+        dataset, counts = gold_dataset(store(), name=name, domain=domain, split=split, limit=limit)
+        emit([{"dataset": f"{dataset.name}@{dataset.version}", **counts}], as_json=as_json, title="dataset")
+        return
+    if limit is not None:
+        raise UserError("--limit applies to --from-gold only")
     dataset, counts = best_of_n(store(), name=name, domain=domain, split=split, min_score=min_score, model=model,
                                 scorer=scorer, require=require or [])
     emit([{"dataset": f"{dataset.name}@{dataset.version}", **counts}], as_json=as_json, title="dataset")
@@ -591,7 +620,7 @@ def dataset_export(name: str, out: Annotated[Optional[Path], typer.Option("--out
                        help="chat (OpenAI messages + tools), direct (prompt/completion) or hf (a Hugging Face "
                             "datasets directory; needs --out).")] = "chat") -> None:
     """Write a dataset as JSONL (to stdout without --out), or as a Hugging Face dataset directory."""
-    from dataengine.export import chat_records, direct_examples, save_hf_dataset, write_jsonl
+    from dataengine.export import export_jsonl, iter_chat_records, iter_direct_examples, save_hf_dataset
 
     if format not in ("chat", "direct", "hf"):
         raise UserError(f"--format must be 'chat', 'direct' or 'hf', not {format!r}")
@@ -601,13 +630,13 @@ def dataset_export(name: str, out: Annotated[Optional[Path], typer.Option("--out
         rows = save_hf_dataset(store(), name, out)
         err_console.print(f"wrote {rows} rows to {out} (read it with datasets.load_from_disk)")
         return
-    records = chat_records(store(), name) if format == "chat" else direct_examples(store(), name)
-    if out is None:
+    if out is None:  # streamed: a version of any size holds one batch of rows at a time
+        records = iter_chat_records(store(), name) if format == "chat" else iter_direct_examples(store(), name)
         for record in records:
             print(json.dumps(record, ensure_ascii=False))
     else:
-        write_jsonl(records, out)
-        err_console.print(f"wrote {len(records)} records to {out}")
+        count = export_jsonl(store(), name, format, out)
+        err_console.print(f"wrote {count} records to {out}")
 
 
 @dataset_app.command("diff")
@@ -636,46 +665,250 @@ def student_train(dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
                   batch_size: int = 8,
                   bf16: Annotated[Optional[bool], typer.Option(
                       help="bf16 autocast (float32 weights). Default: on when the CPU has native bf16.")] = None,
+                  format: Annotated[str, typer.Option(
+                      "--format", help="'direct' (request -> one call), 'program' (request -> lookups and the "
+                                       "call in one line, run by the domain's tools) or 'agent' (the teacher's "
+                                       "conversations with tool calls; runs in the agent graph via local:).")] = "direct",
+                  max_length: Annotated[Optional[int], typer.Option(
+                      help="--format agent: most tokens per conversation; longer ones are left out (default 2048).")] = None,
                   as_json: JsonOpt = False) -> None:
-    """Supervised fine-tuning (TRL SFTTrainer) of a direct-mode student."""
+    """Supervised fine-tuning (TRL SFTTrainer) of a direct-mode or agent-mode student."""
     from supertiny.pipeline import train_and_register
 
+    if format not in ("direct", "program", "agent"):
+        raise UserError(f"--format must be 'direct', 'program' or 'agent', not {format!r}")
+    if format == "agent":
+        from student.train_agent import train_agent_and_register
+
+        row = train_agent_and_register(store(), dataset_ref=dataset, base=base, out=out, mode=mode, epochs=epochs,
+                                       max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size,
+                                       max_length=max_length, bf16=bf16)
+        emit([row.model_dump()], as_json=as_json, title="student",
+             columns=["id", "name", "kind", "path", "params", "bytes"])
+        return
+    if max_length is not None:
+        raise UserError("--max-length applies to --format agent only")
     row = train_and_register(store(), dataset_ref=dataset, base=base, out=out, mode=mode, epochs=epochs,
-                             max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, bf16=bf16)
+                             max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, bf16=bf16,
+                             format=format)
     emit([row.model_dump()], as_json=as_json, title="student", columns=["id", "name", "kind", "path", "params", "bytes"])
 
 
+StudentDirOpt = Annotated[Path, typer.Option("--model", help="The student directory to start from (an SFT student).")]
+Bf16Opt = Annotated[Optional[bool], typer.Option(help="bf16 autocast (float32 weights). Default: on when the CPU "
+                                                      "has native bf16.")]
+
+
+@student_app.command("dpo")
+def student_dpo(model: StudentDirOpt,
+                dataset: Annotated[str, typer.Option(help="NAME or NAME@N: its tasks and verified answers.")],
+                out: Annotated[Path, typer.Option(help="Output model directory.")],
+                pairs: Annotated[str, typer.Option(
+                    help="Rejected answers from: teacher (its failed samples), self (the student's wrong "
+                         "answers) or both.")] = "both",
+                self_samples: Annotated[int, typer.Option(help="Sampled student answers per task on top of "
+                                                               "the greedy one.")] = 0,
+                beta: float = 0.1, learning_rate: float = 5e-6, epochs: float = 1.0, max_steps: int = -1,
+                batch_size: int = 8, mode: str = "full", bf16: Bf16Opt = None, as_json: JsonOpt = False) -> None:
+    """Direct preference optimization (TRL DPOTrainer) of an SFT student: verified answers over wrong ones."""
+    from supertiny.pipeline import dpo_and_register
+
+    row = dpo_and_register(store(), dataset_ref=dataset, model_dir=model, out=out, pairs=pairs,
+                           self_samples=self_samples, beta=beta, learning_rate=learning_rate, epochs=epochs,
+                           max_steps=max_steps, batch_size=batch_size, mode=mode, bf16=bf16)
+    emit([{**row.model_dump(), "pairs": _manifest_of(row.path).get("pairs")}], as_json=as_json,
+         title="student (dpo)", columns=["id", "name", "kind", "path", "pairs", "params"])
+
+
+@student_app.command("grpo")
+def student_grpo(model: StudentDirOpt, out: Annotated[Path, typer.Option(help="Output model directory.")],
+                 split: str = "train", domain: DomainOpt = "home",
+                 limit: Annotated[Optional[int], typer.Option(help="Only the first N tasks.")] = None,
+                 max_steps: int = 100, num_generations: int = 4, prompts_per_step: int = 2,
+                 max_completion_length: int = 48, temperature: float = 1.0, learning_rate: float = 1e-6,
+                 beta: Annotated[float, typer.Option(help="KL penalty towards the starting model.")] = 0.0,
+                 bf16: Bf16Opt = None, as_json: JsonOpt = False) -> None:
+    """On-policy RL (TRL GRPOTrainer): the student samples answers, the domain's verifier rewards them
+    (1 exact; else partial credit for the name and argument F1; 0 for a non-call)."""
+    from supertiny.pipeline import grpo_and_register
+
+    row = grpo_and_register(store(), model_dir=model, out=out, domain=domain, split=split, limit=limit,
+                            max_steps=max_steps, num_generations=num_generations, prompts_per_step=prompts_per_step,
+                            max_completion_length=max_completion_length, temperature=temperature,
+                            learning_rate=learning_rate, beta=beta, bf16=bf16)
+    manifest = _manifest_of(row.path)
+    emit([{**row.model_dump(), "first_mean_reward": manifest.get("first_mean_reward"),
+           "final_mean_reward": manifest.get("final_mean_reward")}], as_json=as_json, title="student (grpo)",
+         columns=["id", "name", "kind", "path", "first_mean_reward", "final_mean_reward"])
+
+
+LossOpt = Annotated[str, typer.Option("--loss", help="Divergence: fkl (forward KL), rkl (reverse KL) or jsd.")]
+
+
+@student_app.command("distill")
+def student_distill(model: StudentDirOpt, dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
+                    out: Annotated[Path, typer.Option(help="Output model directory.")],
+                    teacher: Annotated[Optional[Path], typer.Option(
+                        help="Local teacher model directory with the student's tokenizer. Without it: the top-k "
+                             "logprobs stored with the dataset's traces (agent generate --top-logprobs K).")] = None,
+                    loss: LossOpt = "fkl", temperature: float = 1.0,
+                    top_k: Annotated[Optional[int], typer.Option(
+                        help="Compare on the teacher's k most likely tokens only.")] = None,
+                    alpha: Annotated[float, typer.Option(help="KD weight per token; 1 - alpha weights the "
+                                                              "cross-entropy on the data.")] = 0.5,
+                    learning_rate: float = 5e-5, epochs: float = 2.0, max_steps: int = -1, batch_size: int = 8,
+                    bf16: Bf16Opt = None, as_json: JsonOpt = False) -> None:
+    """Logit knowledge distillation: a teacher's next-token distributions mixed with the hard labels."""
+    from supertiny.pipeline import distill_and_register
+
+    row = distill_and_register(store(), dataset_ref=dataset, model_dir=model, out=out, teacher=teacher, loss=loss,
+                               temperature=temperature, top_k=top_k, alpha=alpha, learning_rate=learning_rate,
+                               epochs=epochs, max_steps=max_steps, batch_size=batch_size, bf16=bf16)
+    manifest = _manifest_of(row.path)
+    emit([{**row.model_dump(), "teacher": manifest.get("teacher"), "final_train_loss": manifest.get("final_train_loss")}],
+         as_json=as_json, title="student (distilled)",
+         columns=["id", "name", "kind", "path", "teacher", "final_train_loss"])
+
+
+def _manifest_of(path: str) -> dict:
+    from student.manifest import read_manifest
+
+    return read_manifest(path)
+
+
+@app.command("serve")
+def serve_command(model_dir: Annotated[Path, typer.Argument(help="A student or compressed student directory.")],
+                  host: Annotated[str, typer.Option(help="Address to listen on; 127.0.0.1 is this machine only.")] = "127.0.0.1",
+                  port: Annotated[int, typer.Option(help="TCP port (0: any free one).")] = 8000,
+                  api_key: Annotated[Optional[str], typer.Option(
+                      "--api-key", envvar="SUPERTINY_API_KEY",
+                      help="Require 'Authorization: Bearer KEY' on every request (or SUPERTINY_API_KEY).")] = None,
+                  name: Annotated[Optional[str], typer.Option(help="Model id reported to clients (default: the directory name).")] = None,
+                  verbose: Annotated[bool, typer.Option(help="Log every request on stderr.")] = False) -> None:
+    """An OpenAI-compatible /v1/chat/completions endpoint (and /v1/models) for a student: tool calls,
+    streaming, usage. Agent-mode students answer with the tools they are given; direct-mode ones
+    with their one call. Ctrl-C stops it."""
+    from student.serve import StudentServer
+
+    server = StudentServer(model_dir, host=host, port=port, api_key=api_key, name=name, verbose=verbose)
+    if api_key is None and host not in ("127.0.0.1", "localhost", "::1"):
+        err_console.print(f"[yellow]Warning:[/] listening on {host} without --api-key: anyone who reaches it can use it")
+    err_console.print(f"serving {model_dir} ({server.mode}-mode) as {server.name!r} on {server.base_url}  "
+                      "(Ctrl-C stops)", highlight=False)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        err_console.print("stopped")
+
+
 @compress_app.command("prune")
-def compress_prune(model_dir: Path, out: Annotated[Path, typer.Option()], ratio: float = 0.8,
+def compress_prune(model_dir: Path, out: Annotated[Path, typer.Option()],
+                   ratio: Annotated[float, typer.Option("--ratio", "--keep",
+                                                        help="Keep this fraction of the parameters.")] = 0.8,
+                   params: Annotated[Optional[int], typer.Option(
+                       "--params", help="Keep at most this many parameters (replaces --ratio).")] = None,
+                   method: Annotated[str, typer.Option(
+                       help="depth: drop layers; width: drop MLP channels and key/value groups in every "
+                            "layer; both: half the budget each way.")] = "depth",
+                   kv_groups: Annotated[Optional[int], typer.Option(
+                       "--kv-groups", help="Width: key/value groups removed per layer (default: the count "
+                                           "with the lowest calibration loss).")] = None,
                    calibration_dataset: Annotated[Optional[str], typer.Option(help="Dataset whose prompts calibrate.")] = None,
                    as_json: JsonOpt = False) -> None:
-    """Depth pruning by block influence to a target parameter ratio."""
+    """Prune to a parameter budget: whole layers (block influence) and/or width (activation importance)."""
+    from compress.prune import prune_summary
+    from student.manifest import read_manifest
     from supertiny.pipeline import prune_and_register
 
-    row = prune_and_register(store(), model_dir=model_dir, out=out, ratio=ratio, calibration_dataset=calibration_dataset)
-    emit([row.model_dump()], as_json=as_json, title="pruned", columns=["id", "name", "kind", "path", "params", "bytes"])
+    row = prune_and_register(store(), model_dir=model_dir, out=out, ratio=ratio, calibration_dataset=calibration_dataset,
+                             method=method, target_params=params, remove_kv_groups=kv_groups)
+    removed = prune_summary(read_manifest(row.path))
+    if as_json:
+        emit([{**row.model_dump(), "removed": removed}], as_json=True)
+        return
+    emit([row.model_dump()], as_json=False, title="pruned", columns=["id", "name", "kind", "path", "params", "bytes"])
+    for key, value in removed.items():
+        console.print(f"  {key}: {value}", markup=False, highlight=False)
 
 
 @compress_app.command("heal")
 def compress_heal(model_dir: Path, dataset: Annotated[str, typer.Option(help="NAME or NAME@N to heal on.")],
                   out: Annotated[Path, typer.Option()], epochs: float = 1.0, max_steps: int = -1,
-                  learning_rate: float = 1e-4, as_json: JsonOpt = False) -> None:
+                  learning_rate: float = 1e-4,
+                  teacher: Annotated[Optional[Path], typer.Option(
+                      help="Heal by logit distillation from this model (the unpruned student) instead of plain "
+                           "fine-tuning; before/after metrics go into the manifest.")] = None,
+                  loss: LossOpt = "fkl", as_json: JsonOpt = False) -> None:
     """Short fine-tune of a pruned model on the dataset it serves, to recover what pruning broke."""
-    from supertiny.pipeline import require_model_dir, train_and_register
+    from supertiny.pipeline import distill_and_register, require_model_dir, train_and_register
 
     require_model_dir(model_dir)
-    row = train_and_register(store(), dataset_ref=dataset, base=str(model_dir), out=out, epochs=epochs,
-                             max_steps=max_steps, learning_rate=learning_rate, kind="healed")
-    emit([row.model_dump()], as_json=as_json, title="healed", columns=["id", "name", "kind", "path", "params", "bytes"])
+    if teacher is None:
+        row = train_and_register(store(), dataset_ref=dataset, base=str(model_dir), out=out, epochs=epochs,
+                                 max_steps=max_steps, learning_rate=learning_rate, kind="healed")
+        emit([row.model_dump()], as_json=as_json, title="healed",
+             columns=["id", "name", "kind", "path", "params", "bytes"])
+        return
+    row = distill_and_register(store(), dataset_ref=dataset, model_dir=model_dir, out=out, teacher=teacher, loss=loss,
+                               learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, kind="healed",
+                               measure=True)
+    manifest = _manifest_of(row.path)
+    before, after = manifest.get("before") or {}, manifest.get("after") or {}
+    if as_json:
+        emit([{**row.model_dump(), "before": before, "after": after}], as_json=True)
+        return
+    emit([row.model_dump()], as_json=False, title="healed (distilled)",
+         columns=["id", "name", "kind", "path", "params", "bytes"])
+    emit([{"metric": key, "before (pruned)": before.get(key), "after (healed)": after.get(key)}
+          for key in ("completion_loss", "exact_match") if key in after], as_json=False, title="heal")
 
 
 @compress_app.command("quantize")
-def compress_quantize(model_dir: Path, out: Annotated[Path, typer.Option()], as_json: JsonOpt = False) -> None:
-    """int8 dynamic quantization of the linear layers."""
+def compress_quantize(model_dir: Path, out: Annotated[Path, typer.Option()],
+                      method: Annotated[str, typer.Option(
+                          help="auto | int8-dynamic | int8-weight | int4-weight. auto: measure all three, keep the "
+                               "fastest within --max-drop.")] = "auto",
+                      max_drop: Annotated[float, typer.Option(
+                          help="auto: largest allowed drop in next-token accuracy vs the float model.")] = 0.01,
+                      calibration_dataset: Annotated[Optional[str], typer.Option(
+                          help="Dataset whose pairs measure accuracy (default: the one the model was trained on).")] = None,
+                      as_json: JsonOpt = False) -> None:
+    """Quantize the linear layers (int8 dynamic, int8 or int4 weight-only); auto keeps the fastest within budget."""
+    from student.manifest import read_manifest
     from supertiny.pipeline import quantize_and_register
 
-    row = quantize_and_register(store(), model_dir=model_dir, out=out)
-    emit([row.model_dump()], as_json=as_json, title="quantized", columns=["id", "name", "kind", "path", "params", "bytes"])
+    row = quantize_and_register(store(), model_dir=model_dir, out=out, method=method, max_drop=max_drop,
+                                calibration_dataset=calibration_dataset)
+    manifest = read_manifest(row.path)
+    if as_json:
+        emit([{**row.model_dump(), "method": manifest["method"], "kernels": manifest.get("kernels"),
+               "measured": manifest.get("measured")}], as_json=True)
+        return
+    emit([row.model_dump()], as_json=False, title="quantized", columns=["id", "name", "kind", "path", "params", "bytes"])
+    measured = [{"method": name, **{k: v for k, v in m.items() if k != "kernels"},
+                 "kernels": ", ".join(f"{op} x{n}" for op, n in m["kernels"].items())}
+                for name, m in (manifest.get("measured") or {}).items()]
+    if measured:
+        emit(measured, as_json=False, title=f"measured (kept: {manifest['method']})",
+             columns=["method", "accuracy", "accuracy_drop", "agreement", "max_logit_diff", "decode_ms_per_token",
+                      "kernels"])
+
+
+@compress_app.command("bench")
+def compress_bench(model_dirs: Annotated[list[Path], typer.Argument(help="Model directories; ratios are against the first.")],
+                   new_tokens: int = 32, prompts: int = 4, repeats: int = 2, batch_size: int = 8,
+                   threads: Annotated[int, typer.Option(help="torch CPU threads per model process.")] = 1,
+                   as_json: JsonOpt = False) -> None:
+    """Size, peak RAM, time to first token, decode speed, p50/p95 latency (batch 1 and batch N) and the
+    memory-bandwidth bound, each model in its own process, side by side."""
+    from compress.bench import BenchConfig, bench_models, bench_table
+
+    config = BenchConfig(new_tokens=new_tokens, prompts=prompts, repeats=repeats, batch_size=batch_size, threads=threads)
+    rows = bench_models(model_dirs, config)  # range checks there: one-line UserErrors
+    if as_json:
+        emit(rows, as_json=True)
+    else:
+        console.print(bench_table(rows))
 
 
 @models_app.command("list")
@@ -710,10 +943,15 @@ def eval_command(split: str = "test", domain: DomainOpt = "home",
                  model: Annotated[Optional[list[str]], typer.Option(
                      "--model", help="LABEL=MODEL_DIR, repeatable. Default: latest student and quantized models.")] = None,
                  limit: Optional[int] = None, base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None,
+                 out: Annotated[Optional[Path], typer.Option(
+                     "--out", help="Also write the table to this .csv, .md or .json file.")] = None,
                  as_json: JsonOpt = False) -> None:
-    """Teacher, student and compressed student on the same tasks: one table, stored in the db."""
+    """Teacher, student and compressed student on the same tasks: one table, stored in the db.
+    Intent/slot domains (snips) also get intent accuracy, slot F1 and sentence accuracy."""
     from student.evaluate import run_eval
 
+    if out is not None and out.suffix not in (".csv", ".md", ".json"):  # before the work, not after it
+        raise UserError(f"--out {out}: use a .csv, .md or .json file")
     s = store()
     students = []
     for item in model or []:
@@ -726,13 +964,17 @@ def eval_command(split: str = "test", domain: DomainOpt = "home",
             row = s.latest_model(kind)
             if row:
                 students.append((label, row.path))
-    with progress() as bar:
+    with progress(on_stderr=as_json) as bar:
         def on_model(label: str, total: int):
             task = bar.add_task(f"eval {label}", total=total, info="")
             return lambda: bar.advance(task)
 
         run_id, rows = run_eval(s, domain=domain, split=split, teacher=teacher or None, students=students,
                                 limit=limit, base_url=base_url, api_key=api_key, on_model=on_model)
+    if out is not None:
+        from supertiny.output import evaluation_records, write_records
+
+        err_console.print(f"wrote {len(rows)} rows to {write_records(evaluation_records(rows), out)}")
     if as_json:
         print(json.dumps([r.model_dump() for r in rows], indent=2))
     else:
@@ -748,6 +990,56 @@ def demo_command(quick: Annotated[bool, typer.Option(help="Tiny model and fewer 
     from supertiny.demo import DemoConfig, run_demo
 
     run_demo(store(), DemoConfig.quick(out, seed) if quick else DemoConfig.full(out, seed), console)
+
+
+@bench_app.command("snips")
+def bench_snips(data: Annotated[Path, typer.Option(help="SNIPS directory: train_<Intent>.json and dev_<Intent>.json.")],
+                out: Annotated[Path, typer.Option(help="Where the student is written.")] = Path("artifacts/snips"),
+                base: Annotated[str, typer.Option(
+                    help="'smollm2-135m', a local model directory, or 'tiny' (a tiny model from a config).")] = "smollm2-135m",
+                epochs: Annotated[float, typer.Option(help="Passes over the train split (1.5: 2,454 steps, ~1 h 42 min).")] = 1.5,
+                max_steps: Annotated[int, typer.Option(help="Stop after N optimizer steps (-1: the epochs).")] = -1,
+                limit: Annotated[Optional[int], typer.Option(
+                    help="Train on N utterances spread over the intents (default: all 13,084).")] = None,
+                eval_limit: Annotated[Optional[int], typer.Option(
+                    help="Evaluate on the first N dev utterances (default: all 700).")] = None,
+                mode: Annotated[str, typer.Option(help="'lora' or 'full' fine-tuning.")] = "lora",
+                learning_rate: Annotated[float, typer.Option(help="Peak learning rate.")] = 1e-3,
+                batch_size: int = 8, seed: int = 0,
+                dataset: Annotated[str, typer.Option(help="Name of the gold dataset version.")] = "snips-gold",
+                as_json: JsonOpt = False) -> None:
+    """SNIPS NLU: import train+dev, dataset from the gold calls, fine-tune the student, evaluate on
+    dev, print intent accuracy / slot F1 / sentence accuracy beside published numbers."""
+    from pydantic import ValidationError
+
+    from supertiny.snips_bench import SnipsBenchConfig, run_snips_bench
+
+    try:
+        config = SnipsBenchConfig(data=data, out=out, base=base, epochs=epochs, max_steps=max_steps, limit=limit,
+                                  eval_limit=eval_limit, mode=mode, learning_rate=learning_rate,
+                                  batch_size=batch_size, seed=seed, dataset=dataset)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        raise UserError(f"bench snips: --{'-'.join(map(str, error['loc'])).replace('_', '-')}: {error['msg']}") from None
+    if as_json:  # stdout is for the JSON: the trainer's loss lines go to stderr with the stage output
+        with contextlib.redirect_stdout(sys.stderr):
+            summary = run_snips_bench(store(), config, err_console)
+        print(json.dumps(summary, indent=2, ensure_ascii=False))
+    else:
+        run_snips_bench(store(), config, console)
+
+
+@app.command("report")
+def report_command(out: Annotated[Path, typer.Option(help="Directory for report.md and its plots.")] = Path("report"),
+                   runs: Annotated[int, typer.Option(help="The N latest evaluation runs.")] = 10,
+                   as_json: JsonOpt = False) -> None:
+    """Markdown report of the store: evaluation tables, accuracy vs size and vs latency plots,
+    model lineage, datasets, jobs and traces."""
+    from supertiny.report import write_report
+
+    written = write_report(store(), out, runs=runs)
+    emit([{"report": str(written["report"]), "plots": [str(p) for p in written["plots"]],
+           "runs": written["runs"]}], as_json=as_json, title="report")
 
 
 def main() -> None:
