@@ -31,6 +31,7 @@ from dataengine.curate import REVIEW_SCORER, items_with_reviewed_answers, same_a
 from dataengine.store import Store
 from dataengine.verify import CHECK_SCORER, SCORER
 from student.format import direct_completion, direct_prompt, parse_call
+from student.train import CPU_TRAINER_ARGS
 from student.manifest import read_manifest, write_manifest
 from supertiny.errors import UserError
 
@@ -245,15 +246,8 @@ def train_dpo(pairs: list[dict[str, Any]], config: DPORunConfig, lineage: dict[s
         seed=config.seed,
         logging_steps=config.logging_steps,
         logging_first_step=True,
-        # CPU-first, as in student.train: no default bf16, no activation checkpointing, one artifact.
-        use_cpu=True,
         bf16=config.bf16,
-        fp16=False,
-        activation_checkpointing=False,  # transformers 5 name; TRL's gradient_checkpointing=True default yields
-        save_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **CPU_TRAINER_ARGS,  # as in student.train
     )
     peft_config = None
     if config.mode == "lora":

@@ -27,6 +27,7 @@ from typing import Any, Callable, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from student.format import direct_prompt, parse_call
+from student.train import CPU_TRAINER_ARGS
 from student.manifest import read_manifest, write_manifest
 from supertiny.errors import UserError
 
@@ -135,15 +136,8 @@ def train_grpo(tasks: list[dict[str, Any]], compare: Callable[[dict | None, dict
         seed=config.seed,
         logging_steps=config.logging_steps,
         logging_first_step=True,
-        # CPU-first, as in student.train.
-        use_cpu=True,
         bf16=config.bf16,
-        fp16=False,
-        activation_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **CPU_TRAINER_ARGS,  # as in student.train
     )
     peft_config = None
     if config.mode == "lora":

@@ -22,6 +22,14 @@ from student.manifest import read_manifest, write_manifest
 
 TRAINING_CONFIG_NAME = "training_config.json"
 
+# What every TRL trainer of ours runs with on CPU: mixed precision only when asked (TRL defaults
+# bf16=True), no activation checkpointing (TRL defaults it on: ~20% slower, and memory is not what
+# limits a 135M model; transformers 5 name), one artifact written by us (no intermediate
+# checkpoints, no trackers), and no progress bars (they flood logs; the loss is still printed
+# every logging_steps).
+CPU_TRAINER_ARGS: dict[str, Any] = dict(use_cpu=True, fp16=False, activation_checkpointing=False, save_strategy="no",
+                                        report_to="none", dataloader_num_workers=0, disable_tqdm=True)
+
 
 class SFTRunConfig(BaseModel):
     """Everything that decides what a training run produces; saved next to the model."""
@@ -138,18 +146,8 @@ def train_student(examples: list[dict[str, str]], config: SFTRunConfig, lineage:
         logging_steps=config.logging_steps,
         logging_first_step=True,
         completion_only_loss=True,  # the prompt is given at inference; only the call is learned
-        # CPU-first: mixed precision only when asked (TRL defaults bf16=True), no checkpointing
-        # (TRL defaults gradient_checkpointing=True: ~20% slower, and memory is not what limits
-        # a 135M model).
-        use_cpu=True,
         bf16=config.bf16,
-        fp16=False,
-        activation_checkpointing=False,  # transformers 5 name; the old gradient_checkpointing only warns
-        # One artifact, written by us below: no intermediate checkpoints, no trackers.
-        save_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-        disable_tqdm=True,  # progress bars flood logs; the loss is still printed every logging_steps
+        **CPU_TRAINER_ARGS,
     )
 
     peft_config = None

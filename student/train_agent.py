@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from supertiny.errors import UserError
 from student.base import resolve_base_model
 from student.manifest import dir_bytes, read_manifest, write_manifest
-from student.train import TRAINING_CONFIG_NAME, SFTRunConfig, cpu_has_fast_bf16
+from student.train import CPU_TRAINER_ARGS, TRAINING_CONFIG_NAME, SFTRunConfig, cpu_has_fast_bf16
 
 AGENT_MAX_LENGTH = 2048  # tokens: a home-domain conversation with its tool schemas is ~1.8k SmolLM2 tokens
 
@@ -105,14 +105,8 @@ def train_agent_student(records: list[dict[str, Any]], config: SFTRunConfig,
         logging_steps=config.logging_steps,
         logging_first_step=True,
         completion_only_loss=True,  # the completion_mask column: assistant tokens only
-        use_cpu=True,
         bf16=config.bf16,
-        fp16=False,
-        activation_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **CPU_TRAINER_ARGS,  # as in student.train
     )
     peft_config = None
     if config.mode == "lora":
