@@ -27,7 +27,7 @@ from dataengine.store import Store
 from supertiny.testing import ScriptedOpenAIServer
 from tools.home.tasks import generate_tasks
 
-TIMEOUT = 0.5  # the client's per-request timeout in these tests; a "timeout" fault answers later than this
+TIMEOUT = 1.0  # the client's per-request timeout in these tests; a "timeout" fault answers later than this
 FAULTS = {  # error kind as recorded in attempts -> the step the server plays
     "rate_limit": {"status": 429, "body": "Rate limit reached for requests", "retry_after": 0.01},
     "server_error": {"status": 500, "body": "the model server crashed"},
@@ -166,7 +166,11 @@ def test_a_job_against_a_faulty_endpoint_completes_and_records_every_failure(sto
     attempts = query(store.path, "select error_kind, http_status, error, trace_id, idempotency_key, prompt_tokens,"
                                  " completion_tokens from attempts where job_id = ?", counts["job_id"])
     assert len(attempts) == len(server.requests) == counts["attempts"]
-    assert Counter(kind for kind, *_ in attempts if kind) == endpoint.injected
+    # A loaded machine may time out an honest answer too, so timeouts are at least those injected.
+    kinds = Counter(kind for kind, *_ in attempts if kind)
+    assert {k: n for k, n in kinds.items() if k != "timeout"} == \
+        {k: n for k, n in endpoint.injected.items() if k != "timeout"}
+    assert kinds["timeout"] >= endpoint.injected["timeout"]
     assert all(status == 429 for kind, status, *_ in attempts if kind == "rate_limit")
     assert all(status == 500 for kind, status, *_ in attempts if kind == "server_error")
     assert all("Timeout" in error for kind, _, error, *_ in attempts if kind == "timeout")
