@@ -188,7 +188,7 @@ def test_a_job_against_a_faulty_endpoint_completes_and_records_every_failure(sto
     # The job's counters agree with its rows, and its cost is its tokens at gpt-4o-mini's price.
     job = store.existing_job(counts["job_id"])
     prompt, completion = query(store.path, "select sum(prompt_tokens), sum(completion_tokens) from attempts")[0]
-    assert (job.samples_done, job.samples_error, job.attempts_failed) == (40, 0, sum(endpoint.injected.values()))
+    assert (job.samples_done, job.samples_error, job.attempts_failed) == (40, 0, sum(kinds.values()))
     assert (job.prompt_tokens, job.completion_tokens) == (prompt, completion) and prompt > 0
     assert job.cost_usd == pytest.approx(BUILTIN_PRICES["gpt-4o-mini"].cost(prompt, completion))
     assert prompt == query(store.path, "select sum(prompt_tokens) from traces")[0][0]  # failed attempts cost nothing here
