@@ -68,22 +68,25 @@ class _StopAtNewline(StoppingCriteria):
 class _AllowedNames(LogitsProcessor):
     """Greedy decoding that may only spell one of the allowed function names.
 
-    ``sequences`` are the token ids each allowed ``" name"`` adds after the prompt. While the
-    generated tokens are a proper prefix of some sequence, every token that would leave all of
-    them is masked; once a whole name is spelled the model decodes freely ("(" and arguments).
-    No extra forward pass: the constraint rides along the one generation.
+    ``sequences[i]`` are the token ids each allowed ``" name"`` adds after prompt ``i`` (rows of a
+    sampled batch map to their prompt: ``row // rows_per_prompt``). While a row's generated
+    tokens are a proper prefix of some sequence, every token that would leave all of them is
+    masked; once a whole name is spelled the model decodes freely ("(" and arguments). No extra
+    forward pass: the constraint rides along the one generation.
     """
 
-    def __init__(self, sequences: list[list[int]], prompt_len: int):
+    def __init__(self, sequences: list[list[list[int]]], prompt_len: int, rows_per_prompt: int = 1):
         self.sequences = sequences
         self.prompt_len = prompt_len
+        self.rows_per_prompt = rows_per_prompt
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        for row in range(input_ids.shape[0]):  # one row per sampled sequence
+        for row in range(input_ids.shape[0]):
+            sequences = self.sequences[row // self.rows_per_prompt]
             generated = input_ids[row, self.prompt_len:].tolist()
-            if any(generated[: len(seq)] == seq for seq in self.sequences if len(generated) >= len(seq)):
+            if any(generated[: len(seq)] == seq for seq in sequences if len(generated) >= len(seq)):
                 continue  # a whole name is spelled
-            allowed = {seq[len(generated)] for seq in self.sequences
+            allowed = {seq[len(generated)] for seq in sequences
                        if len(seq) > len(generated) and seq[: len(generated)] == generated}
             if allowed:
                 mask = torch.full_like(scores[row], float("-inf"))
@@ -124,54 +127,70 @@ class DirectStudent:
         self.domain = domain
         self.max_new_tokens = max_new_tokens or (128 if self.format == "program" else 64)
         self.model, self.tokenizer = load_model(self.path)
-        pad = self.tokenizer.pad_token_id
-        self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        if self.tokenizer.pad_token is None:  # batches need one; these rows end at EOS anyway
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "left"  # generation continues every row from the same index
+        self.pad_token_id = self.tokenizer.pad_token_id
         self.function_names = function_names if function_names is not None else function_names_of(self.path)
 
     def predict(self, text: str, context: dict[str, Any] | None) -> Prediction:
+        return self.predict_batch([(text, context)])[0]
+
+    def predict_batch(self, items: list[tuple[str, dict[str, Any] | None]]) -> list[Prediction]:
+        """Greedy answers to several requests in one left-padded generation.
+
+        On a CPU, decoding is bound by reading the weights once per step, so a batch of 8 costs
+        little more per step than one request. Each prediction's ``latency_ms`` is the batch's
+        wall time: what every request in it waited. A program plan the tools reject falls back
+        to sampling (all the failed requests of the batch in one more generation).
+        """
         start = time.perf_counter()
-        prompt = direct_prompt(text, context)
-        # Same call as TRL's training-time tokenization (default add_special_tokens).
-        inputs = self.tokenizer(prompt, return_tensors="pt")
-        prompt_len = inputs["input_ids"].shape[1]
-        candidates = self._generate(prompt, inputs, do_sample=False)
-        raw, completion_tokens = candidates[0]
+        prompts = [direct_prompt(text, context) for text, context in items]
+        # Same call as TRL's training-time tokenization (default add_special_tokens), padded on the left.
+        inputs = self.tokenizer(prompts, return_tensors="pt", padding=True)
+        prompt_lens = [int(n) for n in inputs["attention_mask"].sum(dim=1)]
+        raws, tokens = map(list, zip(*self._generate(prompts, prompt_lens, inputs, do_sample=False)))
         if self.format == "direct":
-            call = parse_call(raw)
+            calls = [parse_call(raw) for raw in raws]
         else:
-            call = self._run_program(raw, context)
-            if call is None and self.fallback_samples:
-                # The tools rejected the greedy plan (no such room, no such argument...): sample
-                # a few more in one batched generation and keep the first the tools accept.
-                # A plan longer than the greedy one by more than a few tokens is babble: cap it.
-                cap = min(self.max_new_tokens, completion_tokens + 16)
-                for raw_sample, tokens in self._generate(prompt, inputs, do_sample=True, max_new_tokens=cap):
-                    completion_tokens += tokens
-                    call = self._run_program(raw_sample, context)
-                    if call is not None:
-                        raw = raw_sample
+            calls = [self._run_program(raw, context) for raw, (_, context) in zip(raws, items)]
+        failed = [i for i, call in enumerate(calls) if call is None]
+        if self.format == "program" and self.fallback_samples and failed:
+            # The tools rejected these greedy plans (no such room, no such argument...): sample a
+            # few more per request, all in one generation, and keep the first the tools accept.
+            # A plan longer than the greedy one by more than a few tokens is babble: cap it.
+            cap = min(self.max_new_tokens, max(tokens[i] for i in failed) + 16)
+            retry = self.tokenizer([prompts[i] for i in failed], return_tensors="pt", padding=True)
+            samples = self._generate([prompts[i] for i in failed], [prompt_lens[i] for i in failed], retry,
+                                     do_sample=True, max_new_tokens=cap)
+            k = self.fallback_samples
+            for j, i in enumerate(failed):
+                for raw, n in samples[j * k:(j + 1) * k]:
+                    tokens[i] += n
+                    calls[i] = self._run_program(raw, items[i][1])
+                    if calls[i] is not None:
+                        raws[i] = raw
                         break
         latency_ms = (time.perf_counter() - start) * 1000.0
-        return Prediction(
-            call=call,
-            raw=raw,
-            latency_ms=latency_ms,
-            prompt_tokens=int(prompt_len),
-            completion_tokens=int(completion_tokens),
-        )
+        return [Prediction(call=call, raw=raw, latency_ms=latency_ms, prompt_tokens=prompt_len,
+                           completion_tokens=int(n))
+                for call, raw, prompt_len, n in zip(calls, raws, prompt_lens, tokens)]
 
-    def _generate(self, prompt: str, inputs: Any, do_sample: bool, max_new_tokens: int | None = None
-                  ) -> list[tuple[str, int]]:
-        """[(first line of the completion, tokens generated)]: one greedy, or ``fallback_samples`` sampled."""
-        prompt_len = inputs["input_ids"].shape[1]
+    def _generate(self, prompts: list[str], prompt_lens: list[int], inputs: Any, do_sample: bool,
+                  max_new_tokens: int | None = None) -> list[tuple[str, int]]:
+        """[(first line of the completion, tokens generated)] per row: one greedy row per prompt,
+        or ``fallback_samples`` sampled rows per prompt."""
+        padded_len = inputs["input_ids"].shape[1]
+        rows_per_prompt = self.fallback_samples if do_sample else 1
         processors = LogitsProcessorList()
         if self.function_names:
-            # The tokens each name adds after this prompt, tokenized together with the prompt as
-            # in training ("(" stays out: BPE splits it from the name's letters anyway).
-            sequences = [self.tokenizer(f"{prompt} {name}")["input_ids"][prompt_len:] for name in self.function_names]
-            processors.append(_AllowedNames(sequences, prompt_len))
+            # The tokens each name adds after a prompt, tokenized together with the prompt as in
+            # training ("(" stays out: BPE splits it from the name's letters anyway).
+            sequences = [[self.tokenizer(f"{prompt} {name}")["input_ids"][n:] for name in self.function_names]
+                         for prompt, n in zip(prompts, prompt_lens)]
+            processors.append(_AllowedNames(sequences, padded_len, rows_per_prompt))
         sampling = {"do_sample": True, "temperature": self.fallback_temperature,
-                    "num_return_sequences": self.fallback_samples} if do_sample else {"do_sample": False}
+                    "num_return_sequences": rows_per_prompt} if do_sample else {"do_sample": False}
         with torch.inference_mode():
             output = self.model.generate(
                 **inputs,
@@ -179,12 +198,12 @@ class DirectStudent:
                 pad_token_id=self.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
                 logits_processor=processors,
-                stopping_criteria=StoppingCriteriaList([_StopAtNewline(self.tokenizer, prompt_len)]),
+                stopping_criteria=StoppingCriteriaList([_StopAtNewline(self.tokenizer, padded_len)]),
                 **sampling,
             )
         results = []
-        for row in output[:, prompt_len:]:
-            tokens = int((row != self.pad_token_id).sum()) if do_sample else int(row.shape[0])
+        for row in output[:, padded_len:]:
+            tokens = _generated_length(row.tolist(), self.pad_token_id, self.tokenizer.eos_token_id)
             results.append((self.tokenizer.decode(row, skip_special_tokens=True).split("\n", 1)[0].strip(), tokens))
         return results
 
@@ -196,10 +215,23 @@ class DirectStudent:
         except ProgramError:
             return None  # a plan that does not parse or run is a wrong answer
 
-    def predict_many(self, items: Iterable[tuple[str, dict[str, Any] | None] | dict[str, Any]]) -> list[Prediction]:
-        """``items``: (text, context) pairs or dicts with "text" and "context"; one generation each, in order."""
+    def predict_many(self, items: Iterable[tuple[str, dict[str, Any] | None] | dict[str, Any]],
+                     batch_size: int = 1) -> list[Prediction]:
+        """``items``: (text, context) pairs or dicts with "text" and "context"; answers in order,
+        ``batch_size`` requests per generation."""
+        pairs = [(item["text"], item.get("context")) if isinstance(item, dict) else item for item in items]
         predictions = []
-        for item in items:
-            text, context = (item["text"], item.get("context")) if isinstance(item, dict) else item
-            predictions.append(self.predict(text, context))
+        for i in range(0, len(pairs), batch_size):
+            predictions += self.predict_batch(pairs[i:i + batch_size])
         return predictions
+
+
+def _generated_length(row: list[int], pad_token_id: int, eos_token_id: int | None) -> int:
+    """Tokens a row really generated: up to and including its EOS; a row that stopped early is
+    padded after that (with the pad id, which may be the EOS id itself)."""
+    for i, token in enumerate(row):
+        if token == eos_token_id:
+            return i + 1
+        if token == pad_token_id:
+            return i
+    return len(row)

@@ -945,6 +945,10 @@ def eval_command(split: str = "test", domain: DomainOpt = "home",
                  limit: Optional[int] = None, base_url: BaseUrlOpt = None, api_key: ApiKeyOpt = None,
                  out: Annotated[Optional[Path], typer.Option(
                      "--out", help="Also write the table to this .csv, .md or .json file.")] = None,
+                 batch_size: Annotated[int, typer.Option(
+                     min=1, help="Direct/program students: requests per generation (same greedy answers).")] = 16,
+                 latency_sample: Annotated[int, typer.Option(
+                     min=0, help="Requests, spread over the tasks, run one at a time for the latency column.")] = 16,
                  as_json: JsonOpt = False) -> None:
     """Teacher, student and compressed student on the same tasks: one table, stored in the db.
     Intent/slot domains (snips) also get intent accuracy, slot F1 and sentence accuracy."""
@@ -970,7 +974,8 @@ def eval_command(split: str = "test", domain: DomainOpt = "home",
             return lambda: bar.advance(task)
 
         run_id, rows = run_eval(s, domain=domain, split=split, teacher=teacher or None, students=students,
-                                limit=limit, base_url=base_url, api_key=api_key, on_model=on_model)
+                                limit=limit, base_url=base_url, api_key=api_key, on_model=on_model,
+                                batch_size=batch_size, latency_sample=latency_sample)
     if out is not None:
         from supertiny.output import evaluation_records, write_records
 
