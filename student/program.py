@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 from dataengine.verify import find_value_path
 from student.format import PROMPT_END, decode_value, direct_prompt, split_call
@@ -207,8 +207,32 @@ def run_program(program: list[tuple[str, dict[str, Any]]], domain: Any,
         raise ProgramError(f"the last statement must call an action of domain {domain.name!r}, not {final_name}")
     args = {k: _resolve(v, results, context) if isinstance(v, Ref) else v for k, v in final_args.items()}
     args = {k: v for k, v in args.items() if v is not None}
+    for key, value in final_args.items():
+        if isinstance(value, Ref):
+            _check_kind(key, value, results, [tools[name] for name, _ in lookups])
     _check_arguments(actions[final_name], args)
     return {"name": final_name, "arguments": args}
+
+
+def _check_kind(key: str, ref: Ref, results: list[Any], lookups: list[Any]) -> None:
+    """A lookup that labels what it found decides which argument its ``name`` fills.
+
+    ``search_music`` returns items like ``{"kind": "artist", "name": "Queen"}`` and takes a
+    ``kind`` among song/artist/playlist. ``play_music(song=$1[0].name)`` on an artist is a wrong
+    plan, as it would be for the teacher reading that result, so it fails here and the student
+    samples another. Only arguments named after one of the tool's kinds are checked.
+    """
+    match = _REF.match(ref)
+    if match.group(1) is None or not match.group(2).endswith(".name"):
+        return
+    n = int(match.group(1))
+    kind_field = lookups[n - 1].args_schema.model_fields.get("kind")
+    kinds = set(get_args(kind_field.annotation)) if kind_field is not None else set()
+    if key not in kinds:
+        return
+    item = _resolve(Ref(ref[: -len(".name")]), results, {})
+    if isinstance(item, dict) and item.get("kind") in kinds and item["kind"] != key:
+        raise ProgramError(f"{key}={ref} is {item['name']!r} of kind {item['kind']!r}, not {key!r}")
 
 
 def _check_arguments(action: Any, args: dict[str, Any]) -> None:

@@ -97,7 +97,20 @@ def test_every_verified_planner_trace_compiles_into_a_program_that_reproduces_it
 @pytest.mark.parametrize("text, message", [
     ('search_music(query="hey jude"); play_music(song=$1[0].name, user="me")', "no argument user"),
     ('control_device(device_id="light.kitchen", action="explode")', "control_device: Input should be"),
+    # The lookup says what it found: an artist's name does not fill the song argument.
+    ('search_music(query="queen"); play_music(song=$1[0].name)', "'Queen' of kind 'artist', not 'song'"),
+    ('search_music(query="kitchen disco", kind="playlist"); add_to_playlist(song=$1[0].name, playlist=$1[0].name)',
+     "of kind 'playlist', not 'song'"),
 ])
 def test_the_action_schema_rejects_what_the_action_cannot_take(text, message):
     with pytest.raises(ProgramError, match=message):
         run_program(parse_program(text), HOME, CONTEXT)
+
+
+def test_a_name_fills_the_argument_of_its_own_kind():
+    assert run_program(parse_program('search_music(query="queen"); play_music(artist=$1[0].name)'), HOME,
+                       CONTEXT) == {"name": "play_music", "arguments": {"artist": "Queen"}}
+    # A song's artist field is not a name of a kind: it fills the artist argument.
+    assert run_program(parse_program('search_music(query="yellow", kind="song"); '
+                                     'play_music(song=$1[0].name, artist=$1[0].artist)'), HOME, CONTEXT) == \
+        {"name": "play_music", "arguments": {"song": "Yellow", "artist": "Coldplay"}}
