@@ -1,10 +1,12 @@
-"""Direct preference optimization (DPO) of a direct-mode student, starting from an SFT student.
+"""Direct preference optimization (DPO) of a direct- or program-mode student, starting from an SFT student.
 
 config -> preference pairs -> SFT student + frozen reference copy -> TRL DPOTrainer -> (merge LoRA)
 -> plain model dir + manifest.
 
-A pair is one prompt with a *chosen* and a *rejected* completion, both in the student's direct
-format (``student.format``). Two sources, both read from the store:
+A pair is one prompt with a *chosen* and a *rejected* completion, both in the student's own format:
+the final call (direct, ``student.format``) or the lookups and call as one plan (program,
+``student.program``; a plan is right when running it gives the right call). Two sources, both
+read from the store:
 
 - ``teacher``: per task of the dataset, its verified answer (the dataset item) against the
   answers of the teacher's other samples of the same task that the verifier failed
@@ -30,7 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from dataengine.curate import REVIEW_SCORER, items_with_reviewed_answers, same_answer
 from dataengine.store import Store
 from dataengine.verify import CHECK_SCORER, SCORER
-from student.format import direct_completion, direct_prompt, parse_call
+from student.format import direct_prompt
+from student.program import completion_call, trace_completions
 from student.train import CPU_TRAINER_ARGS
 from student.manifest import read_manifest, write_manifest
 from supertiny.errors import UserError
@@ -99,10 +102,11 @@ def _failed(values: dict[str, float]) -> bool:
     return values.get(SCORER) == 0.0 or values.get(CHECK_SCORER) == 0.0
 
 
-def teacher_pairs(store: Store, dataset_ref: str, max_pairs_per_task: int = 4) -> list[dict[str, Any]]:
+def teacher_pairs(store: Store, dataset_ref: str, max_pairs_per_task: int = 4,
+                  format: str = "direct") -> list[dict[str, Any]]:
     """Verified answer (the dataset item) vs the teacher's failed answers to the same task.
 
-    Every pair: ``prompt``, ``chosen``, ``rejected`` (direct format), ``source`` ("teacher"),
+    Every pair: ``prompt``, ``chosen``, ``rejected`` (in ``format``), ``source`` ("teacher"),
     ``task_id``, ``rejected_trace_id``. A failed sample without an answer gives no pair (there is
     no completion to push down), nor does one that says the same as the chosen answer."""
     dataset = store.dataset(dataset_ref)
@@ -113,15 +117,18 @@ def teacher_pairs(store: Store, dataset_ref: str, max_pairs_per_task: int = 4) -
         if trace.task_id in task_ids and trace.final_call:
             samples.setdefault(trace.task_id, []).append(trace)
     values = store.score_values([SCORER, CHECK_SCORER, REVIEW_SCORER])
+    completions = trace_completions(store, [trace for trace, _ in items] + [
+        trace for traces in samples.values() for trace in traces if _failed(values.get(trace.id, {}))],
+        format, store.domain(dataset.domain))
 
     pairs = []
     for chosen_trace, _ in items:
-        chosen = direct_completion(chosen_trace.final_call)
+        chosen = completions[chosen_trace.id]
         rejected_seen: set[str] = set()
         for trace in samples.get(chosen_trace.task_id, []):
-            rejected = direct_completion(trace.final_call)
             if trace.id == chosen_trace.id or not _failed(values.get(trace.id, {})):
                 continue
+            rejected = completions[trace.id]
             if rejected == chosen or rejected in rejected_seen or len(rejected_seen) >= max_pairs_per_task:
                 continue
             rejected_seen.add(rejected)
@@ -132,14 +139,14 @@ def teacher_pairs(store: Store, dataset_ref: str, max_pairs_per_task: int = 4) -
 
 
 def student_answers(model_dir: str | Path, requests: list[tuple[str, dict[str, Any]]], *, samples: int = 0,
-                    temperature: float = 1.0, seed: int = 0, max_new_tokens: int = 64) -> list[list[str]]:
+                    temperature: float = 1.0, seed: int = 0) -> list[list[str]]:
     """Per request, the student's answers as raw first lines: its greedy answer (with the function
     name constrained, as ``DirectStudent`` answers at inference), then ``samples`` sampled ones."""
     import torch
 
     from student.generate import DirectStudent
 
-    student = DirectStudent(model_dir, max_new_tokens=max_new_tokens)
+    student = DirectStudent(model_dir, fallback_samples=0)  # its plain greedy answer, wrong ones included
     torch.manual_seed(seed)
     answers = []
     for text, context in requests:
@@ -149,7 +156,7 @@ def student_answers(model_dir: str | Path, requests: list[tuple[str, dict[str, A
             with torch.inference_mode():
                 output = student.model.generate(
                     **inputs, do_sample=True, temperature=temperature, top_k=0, num_return_sequences=samples,
-                    max_new_tokens=max_new_tokens, pad_token_id=student.pad_token_id,
+                    max_new_tokens=student.max_new_tokens, pad_token_id=student.pad_token_id,
                     eos_token_id=student.tokenizer.eos_token_id)
             decoded = student.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
             raws += [sample.split("\n", 1)[0].strip() for sample in decoded]
@@ -158,25 +165,27 @@ def student_answers(model_dir: str | Path, requests: list[tuple[str, dict[str, A
 
 
 def self_pairs(store: Store, dataset_ref: str, model_dir: str | Path, *, samples: int = 0, temperature: float = 1.0,
-               seed: int = 0, max_pairs_per_task: int = 4) -> list[dict[str, Any]]:
+               seed: int = 0, max_pairs_per_task: int = 4, format: str = "direct") -> list[dict[str, Any]]:
     """Verified answer vs the student's own answers that the domain's verifier rejects.
 
-    An answer is right when the domain's ``compare`` says exact against the task's gold (or, for
-    a task without gold, against the dataset's verified answer) and the domain's ``check``, if
-    it has one, passes. Empty answers give no pair."""
+    An answer is right when its call (a program-mode answer: the call its plan produces) is
+    exact by the domain's ``compare`` against the task's gold (or, for a task without gold,
+    against the dataset's verified answer) and the domain's ``check``, if it has one, passes.
+    Empty answers give no pair."""
     dataset = store.dataset(dataset_ref)
     domain = store.domain(dataset.domain)
     items = [(trace, task) for trace, task in items_with_reviewed_answers(store, dataset) if trace.final_call]
+    completions = trace_completions(store, [trace for trace, _ in items], format, domain)
     answers = student_answers(model_dir, [(trace.input, trace.context) for trace, _ in items], samples=samples,
                               temperature=temperature, seed=seed)
     pairs = []
     for (trace, task), raws in zip(items, answers):
-        chosen = direct_completion(trace.final_call)
+        chosen = completions[trace.id]
         rejected_seen: set[str] = set()
         for raw in raws:
-            call = parse_call(raw)
             if not raw or raw in rejected_seen or len(rejected_seen) >= max_pairs_per_task:
                 continue
+            call = completion_call(raw, format, domain, trace.context)
             if call is not None:
                 right = (domain.compare(call, task.gold)["exact"] if task is not None and task.gold is not None
                          else same_answer(domain.compare, call, trace.final_call))

@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from supertiny.errors import UserError
-from student.format import direct_prompt, parse_call
+from student.format import direct_prompt
 from student.manifest import inherited_field, read_manifest
 
 
@@ -150,11 +150,10 @@ class DirectStudent:
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True)
         prompt_lens = [int(n) for n in inputs["attention_mask"].sum(dim=1)]
         raws, tokens = map(list, zip(*self._generate(prompts, prompt_lens, inputs, do_sample=False)))
-        if self.format == "direct":
-            calls = [parse_call(raw) for raw in raws]
-        else:
-            calls = [self._run_program(raw, context) for raw, (_, context) in zip(raws, items)]
-        failed = [i for i, call in enumerate(calls) if call is None]
+        calls = [self._call(raw, context) for raw, (_, context) in zip(raws, items)]
+        # Retry only the plans that ended by themselves: a line that ran to max_new_tokens is
+        # babble (an untrained model's) that sampling would not fix, at the highest cost in tokens.
+        failed = [i for i, call in enumerate(calls) if call is None and tokens[i] < self.max_new_tokens]
         if self.format == "program" and self.fallback_samples and failed:
             # The tools rejected these greedy plans (no such room, no such argument...): sample a
             # few more per request, all in one generation, and keep the first the tools accept.
@@ -167,7 +166,7 @@ class DirectStudent:
             for j, i in enumerate(failed):
                 for raw, n in samples[j * k:(j + 1) * k]:
                     tokens[i] += n
-                    calls[i] = self._run_program(raw, items[i][1])
+                    calls[i] = self._call(raw, items[i][1])
                     if calls[i] is not None:
                         raws[i] = raw
                         break
@@ -207,13 +206,10 @@ class DirectStudent:
             results.append((self.tokenizer.decode(row, skip_special_tokens=True).split("\n", 1)[0].strip(), tokens))
         return results
 
-    def _run_program(self, raw: str, context: dict[str, Any] | None) -> dict[str, Any] | None:
-        from student.program import ProgramError, parse_program, run_program
+    def _call(self, raw: str, context: dict[str, Any] | None) -> dict[str, Any] | None:
+        from student.program import completion_call  # a plan that does not parse or run is a wrong answer
 
-        try:
-            return run_program(parse_program(raw), self.domain, context)
-        except ProgramError:
-            return None  # a plan that does not parse or run is a wrong answer
+        return completion_call(raw, self.format, self.domain, context)
 
     def predict_many(self, items: Iterable[tuple[str, dict[str, Any] | None] | dict[str, Any]],
                      batch_size: int = 1) -> list[Prediction]:

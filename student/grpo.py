@@ -1,4 +1,4 @@
-"""GRPO: on-policy reinforcement learning of a direct-mode student against the domain's verifier.
+"""GRPO: on-policy reinforcement learning of a direct- or program-mode student against the domain's verifier.
 
 config -> tasks with gold -> reward from the verifier -> TRL GRPOTrainer -> (merge LoRA) -> plain
 model dir + manifest.
@@ -12,7 +12,8 @@ Policy Optimization, DeepSeekMath). Partial credit gives a signal before answers
            = name_credit * name_match + (1 - name_credit) * argument F1   otherwise
            = 0.0                                   not a call at all
 
-A group whose answers all score the same teaches nothing, so start from an SFT student that
+A program-mode answer is scored by the call its plan produces when the domain's tools run it
+(``student.program``); a plan that does not run scores 0. A group whose answers all score the same teaches nothing, so start from an SFT student that
 already answers in the right format; GRPO then sharpens it on its own mistakes.
 """
 from __future__ import annotations
@@ -26,7 +27,8 @@ from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from student.format import direct_prompt, parse_call
+from student.format import direct_prompt
+from student.program import completion_call
 from student.train import CPU_TRAINER_ARGS
 from student.manifest import read_manifest, write_manifest
 from supertiny.errors import UserError
@@ -73,9 +75,10 @@ class GRPORunConfig(BaseModel):
 
 
 def answer_reward(completion: str, gold: dict[str, Any], compare: Callable[[dict | None, dict], dict],
-                  name_credit: float = 0.3) -> float:
+                  name_credit: float = 0.3, format: str = "direct", domain: Any = None,
+                  context: dict[str, Any] | None = None) -> float:
     """The reward of one sampled answer: see the module docstring."""
-    call = parse_call(completion)
+    call = completion_call(completion, format, domain, context)
     if call is None:
         return 0.0
     details = compare(call, gold)
@@ -84,21 +87,24 @@ def answer_reward(completion: str, gold: dict[str, Any], compare: Callable[[dict
     return name_credit * float(details["name_match"]) + (1.0 - name_credit) * float(details["arg_f1"])
 
 
-def verifier_reward(compare: Callable[[dict | None, dict], dict],
-                    name_credit: float = 0.3) -> Callable[..., list[float]]:
-    """A TRL reward function: TRL passes the dataset's other columns (here ``gold``, JSON text) by name."""
+def verifier_reward(compare: Callable[[dict | None, dict], dict], name_credit: float = 0.3, format: str = "direct",
+                    domain: Any = None) -> Callable[..., list[float]]:
+    """A TRL reward function: TRL passes the dataset's other columns (``gold``, ``context``: JSON text) by name."""
 
-    def call_reward(prompts: list[str], completions: list[str], gold: list[str], **_: Any) -> list[float]:
-        return [answer_reward(completion, json.loads(gold_call), compare, name_credit)
-                for completion, gold_call in zip(completions, gold)]
+    def call_reward(prompts: list[str], completions: list[str], gold: list[str], context: list[str] | None = None,
+                    **_: Any) -> list[float]:
+        contexts = [json.loads(c) for c in context] if context else [None] * len(completions)
+        return [answer_reward(completion, json.loads(gold_call), compare, name_credit, format, domain, ctx)
+                for completion, gold_call, ctx in zip(completions, gold, contexts)]
 
     return call_reward
 
 
 def train_grpo(tasks: list[dict[str, Any]], compare: Callable[[dict | None, dict], dict], config: GRPORunConfig,
-               lineage: dict[str, Any] | None = None) -> Path:
+               lineage: dict[str, Any] | None = None, domain: Any = None) -> Path:
     """GRPO-train ``config.model`` on ``tasks`` (dicts with "input", "context" and "gold"); the
-    reward compares each sampled answer with the gold call through ``compare``. Returns the output dir."""
+    reward compares each sampled answer with the gold call through ``compare``. A program-mode
+    student (``lineage["format"]``) has its plans run with ``domain``'s tools. Returns the output dir."""
     import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -119,7 +125,8 @@ def train_grpo(tasks: list[dict[str, Any]], compare: Callable[[dict | None, dict
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
     dataset = Dataset.from_list([{"prompt": direct_prompt(task["input"], task["context"]),
-                                  "gold": json.dumps(task["gold"], ensure_ascii=False)} for task in tasks])
+                                  "gold": json.dumps(task["gold"], ensure_ascii=False),
+                                  "context": json.dumps(task["context"] or {}, ensure_ascii=False)} for task in tasks])
 
     batch = config.prompts_per_step * config.num_generations  # TRL counts answers, not prompts
     grpo_args = GRPOConfig(
@@ -145,7 +152,7 @@ def train_grpo(tasks: list[dict[str, Any]], compare: Callable[[dict | None, dict
 
         peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-    trainer = GRPOTrainer(model=model, reward_funcs=[verifier_reward(compare, config.name_credit)], args=grpo_args,
+    trainer = GRPOTrainer(model=model, reward_funcs=[verifier_reward(compare, config.name_credit, lineage.get("format", "direct"), domain)], args=grpo_args,
                           train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
 
     # --- loop ----------------------------------------------------------------------------

@@ -26,7 +26,8 @@ from typing import Any, Sequence, get_args
 from dataengine.verify import find_value_path
 from student.format import PROMPT_END, decode_value, direct_prompt, split_call
 
-__all__ = ["PROMPT_END", "ProgramError", "program_examples", "program_from_trace", "parse_program", "run_program"]
+__all__ = ["PROMPT_END", "ProgramError", "completion_call", "program_examples", "program_from_trace", "parse_program",
+           "run_program", "trace_completions"]
 
 _REF = re.compile(r"^\$(?:(\d+)((?:\[\d+\]|\.[A-Za-z_]\w*)*)|([A-Za-z_]\w*))$")
 _STEP = re.compile(r"\[(\d+)\]|\.([A-Za-z_]\w*)")
@@ -105,12 +106,36 @@ def program_examples(store: Any, ref: str) -> list[dict[str, str]]:
     from dataengine.curate import items_with_reviewed_answers
 
     dataset = store.dataset(ref)
-    defaults = tool_defaults_of(store.domain(dataset.domain))
-    items = [(trace, task) for trace, task in items_with_reviewed_answers(store, dataset) if trace.final_call]
-    calls = store.tool_calls_by_trace(trace.id for trace, _ in items)
-    return [{"prompt": direct_prompt(trace.input, trace.context),
-             "completion": " " + program_from_trace(calls.get(trace.id, []), trace.final_call, trace.context, defaults)}
-            for trace, _ in items]
+    traces = [trace for trace, _ in items_with_reviewed_answers(store, dataset) if trace.final_call]
+    completions = trace_completions(store, traces, "program", store.domain(dataset.domain))
+    return [{"prompt": direct_prompt(trace.input, trace.context), "completion": completions[trace.id]}
+            for trace in traces]
+
+
+def trace_completions(store: Any, traces: Sequence[Any], format: str, domain: Any) -> dict[int, str]:
+    """Trace id -> the student's completion for that trace's answer (leading space): the final
+    call in the direct format, or the trace's lookups and call as a program line."""
+    from student.format import direct_completion
+
+    if format != "program":
+        return {trace.id: direct_completion(trace.final_call) for trace in traces if trace.final_call}
+    defaults = tool_defaults_of(domain)
+    calls = store.tool_calls_by_trace(trace.id for trace in traces)
+    return {trace.id: " " + program_from_trace(calls.get(trace.id, []), trace.final_call, trace.context, defaults)
+            for trace in traces if trace.final_call}
+
+
+def completion_call(raw: str, format: str, domain: Any, context: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The call a student's one-line answer stands for: parsed (direct), or its plan run with the
+    domain's tools (program); None when it is not a call or the plan does not run."""
+    from student.format import parse_call
+
+    if format != "program":
+        return parse_call(raw)
+    try:
+        return run_program(parse_program(raw), domain, context)
+    except ProgramError:
+        return None
 
 
 # ---- programs -> calls ----------------------------------------------------------------------

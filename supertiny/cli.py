@@ -661,7 +661,9 @@ def dataset_diff(a: Annotated[str, typer.Argument(help="NAME@N (or NAME: its lat
 def student_train(dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
                   out: Annotated[Path, typer.Option(help="Output model directory.")],
                   base: Annotated[str, typer.Option(help="'smollm2-135m' or a local model directory.")] = "smollm2-135m",
-                  mode: str = "full", epochs: float = 2.0, max_steps: int = -1, learning_rate: Optional[float] = None,
+                  mode: Annotated[str, typer.Option(help="'full' or 'lora' (adapters merged in after).")] = "full",
+                  lora_r: Annotated[int, typer.Option(min=1, help="LoRA rank with --mode lora.")] = 16,
+                  epochs: float = 2.0, max_steps: int = -1, learning_rate: Optional[float] = None,
                   batch_size: int = 8,
                   bf16: Annotated[Optional[bool], typer.Option(
                       help="bf16 autocast (float32 weights). Default: on when the CPU has native bf16.")] = None,
@@ -672,7 +674,7 @@ def student_train(dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
                   max_length: Annotated[Optional[int], typer.Option(
                       help="--format agent: most tokens per conversation; longer ones are left out (default 2048).")] = None,
                   as_json: JsonOpt = False) -> None:
-    """Supervised fine-tuning (TRL SFTTrainer) of a direct-mode or agent-mode student."""
+    """Supervised fine-tuning (TRL SFTTrainer) of a direct-, program- or agent-mode student."""
     from supertiny.pipeline import train_and_register
 
     if format not in ("direct", "program", "agent"):
@@ -682,7 +684,7 @@ def student_train(dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
 
         row = train_agent_and_register(store(), dataset_ref=dataset, base=base, out=out, mode=mode, epochs=epochs,
                                        max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size,
-                                       max_length=max_length, bf16=bf16)
+                                       max_length=max_length, bf16=bf16, lora_r=lora_r)
         emit([row.model_dump()], as_json=as_json, title="student",
              columns=["id", "name", "kind", "path", "params", "bytes"])
         return
@@ -690,7 +692,7 @@ def student_train(dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
         raise UserError("--max-length applies to --format agent only")
     row = train_and_register(store(), dataset_ref=dataset, base=base, out=out, mode=mode, epochs=epochs,
                              max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, bf16=bf16,
-                             format=format)
+                             format=format, lora_r=lora_r)
     emit([row.model_dump()], as_json=as_json, title="student", columns=["id", "name", "kind", "path", "params", "bytes"])
 
 
@@ -725,7 +727,9 @@ def student_grpo(model: StudentDirOpt, out: Annotated[Path, typer.Option(help="O
                  split: str = "train", domain: DomainOpt = "home",
                  limit: Annotated[Optional[int], typer.Option(help="Only the first N tasks.")] = None,
                  max_steps: int = 100, num_generations: int = 4, prompts_per_step: int = 2,
-                 max_completion_length: int = 48, temperature: float = 1.0, learning_rate: float = 1e-6,
+                 max_completion_length: Annotated[Optional[int], typer.Option(
+                     help="Tokens per sampled answer. Default: 48 direct, 128 for a program plan.")] = None,
+                 temperature: float = 1.0, learning_rate: float = 1e-6,
                  beta: Annotated[float, typer.Option(help="KL penalty towards the starting model.")] = 0.0,
                  bf16: Bf16Opt = None, as_json: JsonOpt = False) -> None:
     """On-policy RL (TRL GRPOTrainer): the student samples answers, the domain's verifier rewards them

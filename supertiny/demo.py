@@ -20,7 +20,7 @@ from supertiny.output import evaluation_table
 class DemoConfig:
     out: Path
     seed: int = 0
-    n_train: int = 1200
+    n_train: int = 800
     n_dev: int = 60
     n_test: int = 120
     samples: int = 4
@@ -40,7 +40,7 @@ class DemoConfig:
     batch_size: int = 8
     prune_ratio: float = 0.85
     heal_epochs: float = 1.0  # pruning without healing loses nearly everything the student learned
-    heal_max_steps: int = 60
+    heal_max_steps: int = 40
     dataset: str = "home-demo"
 
     @classmethod

@@ -154,18 +154,21 @@ def quantize_and_register(store: Store, *, model_dir: Path, out: Path, method: s
 # ---- after SFT: preference optimization, RL and distillation (student/dpo.py, grpo.py, distill.py) ----
 
 
-def _direct_student_lineage(store: Store, model_dir: Path, domain_name: str, **more: object) -> dict:
-    """Lineage for a student trained further in direct mode; refuses one of another format (program, agent)."""
+def _student_lineage(store: Store, model_dir: Path, domain_name: str, format: str | None = None,
+                     **more: object) -> dict:
+    """Lineage for a student trained further in its own format (direct or program; ``format``
+    for a model that has none yet); refuses an agent-mode one (its answers are conversations)."""
     from student.manifest import inherited_field
 
     require_model_dir(model_dir)
-    if (inherited_field(model_dir, "format") or "direct") != "direct":
-        raise UserError(f"{model_dir}: a {inherited_field(model_dir, 'format')}-mode student; DPO, GRPO and "
-                        "distillation train direct-mode students only")
+    format = inherited_field(model_dir, "format") or format or "direct"
+    if format not in ("direct", "program"):
+        raise UserError(f"{model_dir}: a {format}-mode student; DPO, GRPO and distillation train direct- and "
+                        "program-mode students only")
     domain = store.domain(domain_name)
     # the names DirectStudent lets it spell: what the starting student was trained with, else the domain's actions
     names = inherited_field(model_dir, "function_names") or sorted(domain.action_names)
-    return {"database": str(store.path.resolve()) if store.path else None, "format": "direct", "domain": domain.name,
+    return {"database": str(store.path.resolve()) if store.path else None, "format": format, "domain": domain.name,
             "function_names": list(names), **more}
 
 
@@ -197,14 +200,14 @@ def dpo_and_register(store: Store, *, dataset_ref: str, model_dir: Path, out: Pa
         raise _config_error(exc, "student dpo") from None
     dataset = store.dataset(dataset_ref)
     ref = f"{dataset.name}@{dataset.version}"
-    lineage = _direct_student_lineage(store, Path(model_dir), dataset.domain,
-                                      dataset={"name": dataset.name, "version": dataset.version, "id": dataset.id})
+    lineage = _student_lineage(store, Path(model_dir), dataset.domain,
+                               dataset={"name": dataset.name, "version": dataset.version, "id": dataset.id})
     built = []
     if config.pairs in ("teacher", "both"):
-        built += teacher_pairs(store, ref, config.max_pairs_per_task)
+        built += teacher_pairs(store, ref, config.max_pairs_per_task, format=lineage["format"])
     if config.pairs in ("self", "both"):
         built += self_pairs(store, ref, model_dir, samples=config.self_samples, temperature=config.self_temperature,
-                            seed=config.seed, max_pairs_per_task=config.max_pairs_per_task)
+                            seed=config.seed, max_pairs_per_task=config.max_pairs_per_task, format=lineage["format"])
     path = train_dpo(built, config, lineage=lineage)
     return _register_after(store, model_dir=Path(model_dir), path=path, suffix="dpo", kind="student",
                            dataset_id=dataset.id, config=config.model_dump())
@@ -212,13 +215,17 @@ def dpo_and_register(store: Store, *, dataset_ref: str, model_dir: Path, out: Pa
 
 def grpo_and_register(store: Store, *, model_dir: Path, out: Path, domain: str = "home", split: str = "train",
                       limit: int | None = None, max_steps: int = 100, num_generations: int = 4,
-                      prompts_per_step: int = 2, max_completion_length: int = 48, temperature: float = 1.0,
+                      prompts_per_step: int = 2, max_completion_length: int | None = None, temperature: float = 1.0,
                       learning_rate: float = 1e-6, beta: float = 0.0, seed: int = 0,
                       bf16: bool | None = None) -> ModelRow:
-    """GRPO of ``model_dir`` on a split's tasks, rewarded by the domain's verifier against gold."""
+    """GRPO of ``model_dir`` on a split's tasks, rewarded by the domain's verifier against gold.
+    ``max_completion_length=None``: 48 tokens for a direct answer, 128 for a program plan."""
     from student.grpo import GRPORunConfig, train_grpo
+    from student.manifest import inherited_field
     from student.train import cpu_has_fast_bf16
 
+    if max_completion_length is None:
+        max_completion_length = 128 if inherited_field(model_dir, "format") == "program" else 48
     try:
         config = GRPORunConfig(model=str(model_dir), output_dir=str(out), max_steps=max_steps,
                                num_generations=num_generations, prompts_per_step=prompts_per_step,
@@ -233,8 +240,8 @@ def grpo_and_register(store: Store, *, model_dir: Path, out: Path, domain: str =
     if not tasks:
         raise UserError(f"no {split} tasks with gold for domain {verifier.name!r}: GRPO rewards answers against "
                         "gold (run `supertiny tasks generate` or import tasks first)")
-    lineage = _direct_student_lineage(store, Path(model_dir), verifier.name, split=split, tasks=len(tasks))
-    path = train_grpo(tasks, verifier.compare, config, lineage=lineage)
+    lineage = _student_lineage(store, Path(model_dir), verifier.name, split=split, tasks=len(tasks))
+    path = train_grpo(tasks, verifier.compare, config, lineage=lineage, domain=verifier)
     return _register_after(store, model_dir=Path(model_dir), path=path, suffix="grpo", kind="student",
                            dataset_id=None, config=config.model_dump())
 
@@ -255,6 +262,7 @@ def distill_and_register(store: Store, *, dataset_ref: str, model_dir: Path, out
     from functools import partial
 
     from student.distill import DistillRunConfig, distill_student, logprob_examples, measure_student
+    from student.manifest import inherited_field
     from student.train import cpu_has_fast_bf16
 
     try:
@@ -267,12 +275,18 @@ def distill_and_register(store: Store, *, dataset_ref: str, model_dir: Path, out
         raise _config_error(exc, "student distill") from None
     dataset = store.dataset(dataset_ref)
     ref = f"{dataset.name}@{dataset.version}"
-    lineage = _direct_student_lineage(store, Path(model_dir), dataset.domain,
-                                      dataset={"name": dataset.name, "version": dataset.version, "id": dataset.id})
-    examples = logprob_examples(store, ref)
+    # A base model learns in its teacher's format.
+    lineage = _student_lineage(store, Path(model_dir), dataset.domain,
+                               format=inherited_field(teacher, "format") if teacher is not None else None,
+                               dataset={"name": dataset.name, "version": dataset.version, "id": dataset.id})
     if teacher is not None:
         require_model_dir(Path(teacher))
-        examples = [{key: ex[key] for key in ("prompt", "completion")} for ex in examples]
+        examples = student_examples(store, ref, lineage["format"])
+    elif lineage["format"] != "direct":
+        raise UserError(f"{model_dir}: a {lineage['format']}-mode student learns from a local teacher model "
+                        "(--teacher DIR); the log-probabilities stored with traces are for direct answers")
+    else:
+        examples = logprob_examples(store, ref)
     measure_fn = None
     if measure:
         verifier = store.domain(dataset.domain)
