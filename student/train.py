@@ -10,6 +10,7 @@ compression and generation load it without knowing how it was trained.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -72,6 +73,13 @@ class SFTRunConfig(BaseModel):
     )
     seed: int = Field(default=0, description="Seed for data order, initialisation of LoRA weights and dropout.")
     logging_steps: int = Field(default=10, gt=0, description="Log the training loss every this many optimizer steps.")
+    save_steps: int = Field(
+        default=0, ge=0,
+        description="Write a checkpoint (weights or adapters, optimizer, scheduler, data position) into "
+        "output_dir every this many steps, keeping the last one; 0: none. A run stopped midway resumes from it "
+        "with resume=True. Checkpoints are deleted once the model is saved.",
+    )
+    resume: bool = Field(default=False, description="Continue from the last checkpoint in output_dir, if there is one.")
 
     @field_validator("max_steps")
     @classmethod
@@ -79,6 +87,15 @@ class SFTRunConfig(BaseModel):
         if value == 0 or value < -1:
             raise ValueError("max_steps must be a positive number of steps, or -1 to train for num_train_epochs")
         return value
+
+
+def last_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest complete ``checkpoint-N`` directory the Trainer wrote into ``output_dir``, if any
+    (complete: its ``trainer_state.json``, written last, is there; a run killed while writing one
+    resumes from the one before)."""
+    checkpoints = [p for p in Path(output_dir).glob("checkpoint-*")
+                   if p.name[11:].isdigit() and (p / "trainer_state.json").is_file()]
+    return max(checkpoints, key=lambda p: int(p.name[11:]), default=None)
 
 
 def cpu_has_fast_bf16() -> bool:
@@ -150,7 +167,8 @@ def train_student(examples: list[dict[str, str]], config: SFTRunConfig, lineage:
         # CPU spends its time on every padded token as on a real one.
         train_sampling_strategy="group_by_length",
         bf16=config.bf16,
-        **CPU_TRAINER_ARGS,
+        **{**CPU_TRAINER_ARGS, **(dict(save_strategy="steps", save_steps=config.save_steps, save_total_limit=1)
+                                  if config.save_steps else {})},
     )
 
     peft_config = None
@@ -175,7 +193,8 @@ def train_student(examples: list[dict[str, str]], config: SFTRunConfig, lineage:
 
     # --- loop ----------------------------------------------------------------------------
     start = time.perf_counter()
-    result = trainer.train()
+    checkpoint = last_checkpoint(out_dir) if config.resume else None
+    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_wall_s = time.perf_counter() - start
 
     logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
@@ -190,6 +209,8 @@ def train_student(examples: list[dict[str, str]], config: SFTRunConfig, lineage:
     trained.config.use_cache = True  # TRL turns the KV cache off for training; inference wants it
     trained.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+    for done in out_dir.glob("checkpoint-*"):  # the model is saved: the optimizer state is no longer needed
+        shutil.rmtree(done)
 
     (out_dir / TRAINING_CONFIG_NAME).write_text(json.dumps(config.model_dump(), indent=2) + "\n")
     base_manifest = read_manifest(base_path)
@@ -203,6 +224,7 @@ def train_student(examples: list[dict[str, str]], config: SFTRunConfig, lineage:
         config=config.model_dump(),
         train_examples=len(examples),
         train_steps=int(trainer.state.global_step),
+        resumed_from=checkpoint.name if checkpoint else None,
         final_train_loss=final_train_loss,
         mean_train_loss=float(result.training_loss),
         train_wall_s=round(train_wall_s, 2),

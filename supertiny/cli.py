@@ -673,6 +673,10 @@ def student_train(dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
                                        "conversations with tool calls; runs in the agent graph via local:).")] = "direct",
                   max_length: Annotated[Optional[int], typer.Option(
                       help="--format agent: most tokens per conversation; longer ones are left out (default 2048).")] = None,
+                  save_steps: Annotated[int, typer.Option(
+                      min=0, help="Checkpoint into --out every N steps (direct/program), so --resume can continue.")] = 0,
+                  resume: Annotated[bool, typer.Option(
+                      help="Continue from the last checkpoint in --out (written with --save-steps).")] = False,
                   as_json: JsonOpt = False) -> None:
     """Supervised fine-tuning (TRL SFTTrainer) of a direct-, program- or agent-mode student."""
     from supertiny.pipeline import train_and_register
@@ -690,9 +694,11 @@ def student_train(dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
         return
     if max_length is not None:
         raise UserError("--max-length applies to --format agent only")
+    if resume and not any(out.glob("checkpoint-*")):
+        raise UserError(f"--resume: no checkpoint in {out} (train with --save-steps N to write them)")
     row = train_and_register(store(), dataset_ref=dataset, base=base, out=out, mode=mode, epochs=epochs,
                              max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, bf16=bf16,
-                             format=format, lora_r=lora_r)
+                             format=format, lora_r=lora_r, save_steps=save_steps, resume=resume)
     emit([row.model_dump()], as_json=as_json, title="student", columns=["id", "name", "kind", "path", "params", "bytes"])
 
 

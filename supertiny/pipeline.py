@@ -32,7 +32,8 @@ def _parent_row(store: Store, model_dir: Path, name: str, kind: str = "base") ->
 def train_and_register(store: Store, *, dataset_ref: str, base: str, out: Path, mode: str = "full",
                        epochs: float = 2.0, max_steps: int = -1, learning_rate: float | None = None,
                        batch_size: int = 8, seed: int = 0, kind: str = "student",
-                       bf16: bool | None = None, lora_r: int = 16, format: str | None = None) -> ModelRow:
+                       bf16: bool | None = None, lora_r: int = 16, format: str | None = None,
+                       save_steps: int = 0, resume: bool = False) -> ModelRow:
     """SFT ``base`` on a dataset's direct-mode (or program-mode) pairs. ``kind="healed"`` when
     ``base`` is a pruned model being repaired on the data it will serve (its parent row is then
     the pruned model). ``bf16=None`` autocasts to bf16 exactly when the CPU has native bf16
@@ -51,7 +52,7 @@ def train_and_register(store: Store, *, dataset_ref: str, base: str, out: Path, 
         config = SFTRunConfig(base_model=base, output_dir=str(out), mode=mode, num_train_epochs=epochs,
                               max_steps=max_steps, per_device_train_batch_size=batch_size, seed=seed,
                               bf16=cpu_has_fast_bf16() if bf16 is None else bf16,
-                              lora_r=lora_r, lora_alpha=2 * lora_r,
+                              lora_r=lora_r, lora_alpha=2 * lora_r, save_steps=save_steps, resume=resume,
                               learning_rate=learning_rate or (5e-4 if mode == "lora" else 5e-5))
     except ValidationError as exc:
         raise _config_error(exc, "student train") from None
