@@ -3,6 +3,7 @@ lineage (model -> parent model, model -> dataset version) in the ``models`` tabl
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -58,10 +59,9 @@ def train_and_register(store: Store, *, dataset_ref: str, base: str, out: Path, 
         raise _config_error(exc, "student train") from None
     domain = store.domain(dataset.domain)
     # the student may only start its answer with these: DirectStudent constrains the name to them
-    first_names = domain.action_names | ({tool.name for tool in domain.tools} if format == "program" else set())
     lineage = {"dataset": {"name": dataset.name, "version": dataset.version, "id": dataset.id},
                "database": str(store.path.resolve()), "format": format, "domain": domain.name,
-               "function_names": sorted(first_names)}
+               "function_names": sorted(first_names(domain, format))}
     path = train_student(examples, config, lineage=lineage)
     manifest = read_manifest(path)
     parent = _parent_row(store, Path(manifest["parent"]), name=base)
@@ -69,6 +69,11 @@ def train_and_register(store: Store, *, dataset_ref: str, base: str, out: Path, 
     return store.add_model(name=name, kind=kind,
                            path=str(Path(path).resolve()), parent_id=parent.id, dataset_id=dataset.id,
                            config=config.model_dump(), params=manifest.get("params"), bytes=dir_bytes(path))
+
+
+def first_names(domain: Any, format: str) -> set[str]:
+    """The names a student's answer may start with: an action, or for a program a lookup tool too."""
+    return set(domain.action_names) | ({tool.name for tool in domain.tools} if format == "program" else set())
 
 
 def student_examples(store: Store, dataset_ref: str, format: str = "direct") -> list[dict[str, str]]:
@@ -167,8 +172,9 @@ def _student_lineage(store: Store, model_dir: Path, domain_name: str, format: st
         raise UserError(f"{model_dir}: a {format}-mode student; DPO, GRPO and distillation train direct- and "
                         "program-mode students only")
     domain = store.domain(domain_name)
-    # the names DirectStudent lets it spell: what the starting student was trained with, else the domain's actions
-    names = inherited_field(model_dir, "function_names") or sorted(domain.action_names)
+    # the names DirectStudent lets it spell first: what the starting student was trained with, else
+    # the domain's actions (and, for a plan, its lookup tools), as train_and_register records them
+    names = inherited_field(model_dir, "function_names") or sorted(first_names(domain, format))
     return {"database": str(store.path.resolve()) if store.path else None, "format": format, "domain": domain.name,
             "function_names": list(names), **more}
 

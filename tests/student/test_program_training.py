@@ -114,4 +114,7 @@ def test_kd_of_a_program_student_needs_a_local_teacher(program_store):
     base = root / "base"
     row = distill_and_register(store, dataset_ref="plans", model_dir=base, teacher=sft.path, out=root / "kd-base",
                                max_steps=2, learning_rate=1e-3, bf16=False)
-    assert read_manifest(row.path)["lineage"]["format"] == "program"
+    lineage = read_manifest(row.path)["lineage"]
+    assert lineage["format"] == "program"
+    assert set(lineage["function_names"]) == set(read_manifest(sft.path)["lineage"]["function_names"]) >= \
+        {"find_device", "search_music", "control_device", "play_music"}  # a plan starts with a lookup
