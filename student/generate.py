@@ -115,10 +115,11 @@ class DirectStudent:
     """
 
     def __init__(self, path: str | Path, max_new_tokens: int | None = None, function_names: list[str] | None = None,
-                 domain: Any = None, fallback_samples: int = 4, fallback_temperature: float = 0.7):
+                 domain: Any = None, fallback_samples: int = 4, fallback_temperature: float = 0.7, seed: int = 0):
         self.path = Path(path)
         self.fallback_samples = fallback_samples  # program mode: plans sampled when the greedy one fails
         self.fallback_temperature = fallback_temperature
+        self.seed = seed  # of those samples
         self.format = inherited_field(self.path, "format") or "direct"
         if self.format == "program" and domain is None:
             from tools.registry import get_domain
@@ -160,8 +161,11 @@ class DirectStudent:
             # A plan longer than the greedy one by more than a few tokens is babble: cap it.
             cap = min(self.max_new_tokens, max(tokens[i] for i in failed) + 16)
             retry = self.tokenizer([prompts[i] for i in failed], return_tensors="pt", padding=True)
-            samples = self._generate([prompts[i] for i in failed], [prompt_lens[i] for i in failed], retry,
-                                     do_sample=True, max_new_tokens=cap)
+            # Seeded, without touching the caller's random state: the same requests get the same answers.
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(self.seed)
+                samples = self._generate([prompts[i] for i in failed], [prompt_lens[i] for i in failed], retry,
+                                         do_sample=True, max_new_tokens=cap)
             k = self.fallback_samples
             for j, i in enumerate(failed):
                 for raw, n in samples[j * k:(j + 1) * k]:

@@ -93,3 +93,20 @@ def test_a_batched_program_student_runs_its_plans_and_retries_only_the_failed_on
                                                                               alone.completion_tokens)
         else:  # a rejected plan cost more tokens: the sampled retries
             assert retried.completion_tokens > alone.completion_tokens
+
+
+def test_the_sampled_retries_are_seeded_and_leave_the_callers_random_state_alone(trained_program_student):
+    import torch
+
+    unseen = [(t.input, t.context) for t in generate_tasks(seed=5, n_train=0, n_dev=0, n_test=6)]
+    student = DirectStudent(trained_program_student, fallback_samples=3)
+    greedy = DirectStudent(trained_program_student, fallback_samples=0).predict_batch(unseen)
+    assert any(p.call is None for p in greedy)  # so there are retries to sample
+    torch.manual_seed(123)
+    expected = torch.rand(1)
+    torch.manual_seed(123)
+    first = student.predict_batch(unseen)
+    assert torch.equal(torch.rand(1), expected)  # the caller's generator moved as if we had not sampled
+    torch.manual_seed(7)
+    second = student.predict_batch(unseen)
+    assert [(p.raw, p.completion_tokens) for p in first] == [(p.raw, p.completion_tokens) for p in second]
