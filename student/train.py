@@ -9,8 +9,10 @@ compression and generation load it without knowing how it was trained.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -194,7 +196,9 @@ def train_student(examples: list[dict[str, str]], config: SFTRunConfig, lineage:
     # --- loop ----------------------------------------------------------------------------
     start = time.perf_counter()
     checkpoint = last_checkpoint(out_dir) if config.resume else None
-    result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    # The trainer prints its log lines; they go to stderr, so that stdout stays data (the CLI's --json).
+    with contextlib.redirect_stdout(sys.stderr):
+        result = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     train_wall_s = time.perf_counter() - start
 
     logged = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]

@@ -118,3 +118,19 @@ def test_kd_of_a_program_student_needs_a_local_teacher(program_store):
     assert lineage["format"] == "program"
     assert set(lineage["function_names"]) == set(read_manifest(sft.path)["lineage"]["function_names"]) >= \
         {"find_device", "search_music", "control_device", "play_music"}  # a plan starts with a lookup
+
+
+def test_student_train_json_is_the_registered_model_alone(program_store):
+    import json
+
+    from typer.testing import CliRunner
+
+    from supertiny.cli import app
+
+    store, root, _ = program_store
+    result = CliRunner().invoke(app, ["--db", str(store.path), "student", "train", "--dataset", "plans", "--base",
+                                      str(root / "base"), "--out", str(root / "cli-sft"), "--format", "program",
+                                      "--max-steps", "2", "--no-bf16", "--json"])
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)[0]  # the trainer's log lines went to stderr
+    assert row["path"] == str((root / "cli-sft").resolve()) and row["kind"] == "student"
