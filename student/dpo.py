@@ -34,7 +34,7 @@ from dataengine.store import Store
 from dataengine.verify import CHECK_SCORER, SCORER
 from student.format import direct_prompt
 from student.program import completion_call, trace_completions
-from student.train import CPU_TRAINER_ARGS
+from student.train import CPU_TRAINER_ARGS, lora_config
 from student.manifest import read_manifest, write_manifest
 from supertiny.errors import UserError
 
@@ -258,12 +258,7 @@ def train_dpo(pairs: list[dict[str, Any]], config: DPORunConfig, lineage: dict[s
         bf16=config.bf16,
         **CPU_TRAINER_ARGS,  # as in student.train
     )
-    peft_config = None
-    if config.mode == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
+    peft_config = lora_config(config.lora_r, config.lora_alpha) if config.mode == "lora" else None
     trainer = DPOTrainer(model=model, ref_model=ref_model, args=dpo_args, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=peft_config)
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from student.format import direct_prompt
 from student.program import completion_call
-from student.train import CPU_TRAINER_ARGS
+from student.train import CPU_TRAINER_ARGS, lora_config
 from student.manifest import read_manifest, write_manifest
 from supertiny.errors import UserError
 
@@ -146,14 +146,10 @@ def train_grpo(tasks: list[dict[str, Any]], compare: Callable[[dict | None, dict
         bf16=config.bf16,
         **CPU_TRAINER_ARGS,  # as in student.train
     )
-    peft_config = None
-    if config.mode == "lora":
-        from peft import LoraConfig
-
-        peft_config = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
-    trainer = GRPOTrainer(model=model, reward_funcs=[verifier_reward(compare, config.name_credit, lineage.get("format", "direct"), domain)], args=grpo_args,
-                          train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+    peft_config = lora_config(config.lora_r, config.lora_alpha) if config.mode == "lora" else None
+    reward = verifier_reward(compare, config.name_credit, lineage.get("format", "direct"), domain)
+    trainer = GRPOTrainer(model=model, reward_funcs=[reward], args=grpo_args, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=peft_config)
 
     # --- loop ----------------------------------------------------------------------------
     start = time.perf_counter()

@@ -100,6 +100,13 @@ def last_checkpoint(output_dir: str | Path) -> Path | None:
     return max(checkpoints, key=lambda p: int(p.name[11:]), default=None)
 
 
+def lora_config(r: int, alpha: int, dropout: float = 0.0) -> Any:
+    """peft LoRA adapters on every linear layer of a causal LM (merged into the weights after training)."""
+    from peft import LoraConfig
+
+    return LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM")
+
+
 def cpu_has_fast_bf16() -> bool:
     """True when this CPU multiplies bf16 natively (AVX512-BF16 or AMX), so autocast pays off."""
     import torch
