@@ -436,16 +436,23 @@ def completion_loss(model_dir: str | Path, examples: list[dict[str, str]]) -> fl
 
 
 def measure_student(model_dir: str | Path, examples: list[dict[str, str]], tasks: list[Any],
-                    compare: Callable[[dict | None, dict], dict]) -> dict[str, Any]:
+                    compare: Callable[[dict | None, dict], dict], lineage: dict[str, Any] | None = None,
+                    domain: Any = None) -> dict[str, Any]:
     """What healing should restore: the completion loss on ``examples`` and, on ``tasks`` (rows
-    with input, context and gold), the exact match of the student's greedy answers."""
+    with input, context and gold), the exact match of the student's greedy answers.
+
+    ``lineage`` (format, function_names) and ``domain`` say how to read the answers: the model
+    measured after training has no manifest yet, so it cannot inherit them."""
     from student.generate import DirectStudent
 
     result: dict[str, Any] = {"completion_loss": round(completion_loss(model_dir, examples), 4),
                               "loss_examples": len(examples)}
     if tasks:
-        student = DirectStudent(model_dir)
-        exact = sum(bool(compare(student.predict(task.input, task.context).call, task.gold)["exact"]) for task in tasks)
+        lineage = lineage or {}
+        student = DirectStudent(model_dir, function_names=lineage.get("function_names"), domain=domain,
+                                format=lineage.get("format"))
+        predictions = student.predict_batch([(task.input, task.context) for task in tasks])
+        exact = sum(bool(compare(p.call, task.gold)["exact"]) for p, task in zip(predictions, tasks))
         result.update(exact_match=round(exact / len(tasks), 4), exact_match_tasks=len(tasks))
     return result
 

@@ -115,12 +115,14 @@ class DirectStudent:
     """
 
     def __init__(self, path: str | Path, max_new_tokens: int | None = None, function_names: list[str] | None = None,
-                 domain: Any = None, fallback_samples: int = 4, fallback_temperature: float = 0.7, seed: int = 0):
+                 domain: Any = None, fallback_samples: int = 4, fallback_temperature: float = 0.7, seed: int = 0,
+                 format: str | None = None):
         self.path = Path(path)
         self.fallback_samples = fallback_samples  # program mode: plans sampled when the greedy one fails
         self.fallback_temperature = fallback_temperature
         self.seed = seed  # of those samples
-        self.format = inherited_field(self.path, "format") or "direct"
+        # ``format`` for a directory whose manifest is not written yet (measured while it is made)
+        self.format = format or inherited_field(self.path, "format") or "direct"
         if self.format == "program" and domain is None:
             from tools.registry import get_domain
 

@@ -299,7 +299,7 @@ def distill_and_register(store: Store, *, dataset_ref: str, model_dir: Path, out
         verifier = store.domain(dataset.domain)
         dev = [t for t in store.tasks(domain=verifier.name, split="dev") if t.gold is not None][:HEAL_DEV_TASKS]
         measure_fn = partial(measure_student, examples=examples[:HEAL_LOSS_EXAMPLES], tasks=dev,
-                             compare=verifier.compare)
+                             compare=verifier.compare, lineage=lineage, domain=verifier)
     path = distill_student(examples, config, lineage=lineage, measure=measure_fn)
     return _register_after(store, model_dir=Path(model_dir), path=path,
                            suffix="distilled" if kind == "student" else kind, kind=kind, dataset_id=dataset.id,

@@ -110,3 +110,30 @@ def test_the_sampled_retries_are_seeded_and_leave_the_callers_random_state_alone
     torch.manual_seed(7)
     second = student.predict_batch(unseen)
     assert [(p.raw, p.completion_tokens) for p in first] == [(p.raw, p.completion_tokens) for p in second]
+
+
+def test_healing_measures_a_model_dir_without_a_manifest_in_its_lineage_format(trained_program_student, tmp_path):
+    """``compress heal`` measures the healed model before its manifest is written: the lineage
+    passed in says it writes plans. Read as direct calls, every plan would miss (a bug once)."""
+    import shutil
+    from types import SimpleNamespace
+
+    from student.distill import measure_student
+    from student.manifest import MANIFEST_NAME, read_manifest
+    from tools.registry import get_domain
+
+    domain = get_domain("home")
+    tasks = [SimpleNamespace(input=text, context=CONTEXT, gold=call)
+             for (text, _), call in zip(PLANS, (
+                 {"name": "control_device", "arguments": {"device_id": "light.kitchen", "action": "off"}},
+                 {"name": "control_device", "arguments": {"device_id": "light.bedroom", "action": "on"}},
+                 {"name": "get_weather", "arguments": {"city": "Paris", "date": "2026-03-15"}},
+                 {"name": "set_timer", "arguments": {"duration": "PT10M"}}))]
+    with_manifest = measure_student(trained_program_student, PROGRAM_EXAMPLES, tasks, domain.compare)
+    assert with_manifest["exact_match"] >= 0.5 and with_manifest["exact_match_tasks"] == 4
+    bare = tmp_path / "no-manifest-yet"
+    shutil.copytree(trained_program_student, bare, ignore=shutil.ignore_patterns(MANIFEST_NAME))
+    lineage = read_manifest(trained_program_student)["lineage"]
+    assert measure_student(bare, PROGRAM_EXAMPLES, tasks, domain.compare, lineage=lineage, domain=domain) == \
+        with_manifest
+    assert measure_student(bare, PROGRAM_EXAMPLES, tasks, domain.compare)["exact_match"] == 0.0  # as direct calls
