@@ -876,7 +876,7 @@ def compress_heal(model_dir: Path, dataset: Annotated[str, typer.Option(help="NA
 @compress_app.command("quantize")
 def compress_quantize(model_dir: Path, out: Annotated[Path, typer.Option()],
                       method: Annotated[str, typer.Option(
-                          help="auto | int8-dynamic | int8-weight | int4-weight. auto: measure all three, keep the "
+                          help="auto | int8-dynamic | int8-smooth | int8-weight | int4-weight. auto: measure all four, keep the "
                                "fastest within --max-drop.")] = "auto",
                       max_drop: Annotated[float, typer.Option(
                           help="auto: largest allowed drop in next-token accuracy vs the float model.")] = 0.01,

@@ -143,7 +143,7 @@ def quantize_and_register(store: Store, *, model_dir: Path, out: Path, method: s
     try:
         texts = calibration_texts(store, dataset_ref, format=inherited_field(model_dir, "format") or "direct")
     except UserError:
-        if method == "auto" or calibration_dataset:
+        if method in ("auto", "int8-smooth") or calibration_dataset:  # these need texts
             raise
         texts = []
     manifest = quantize(model_dir, out, config, texts)

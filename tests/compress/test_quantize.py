@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from compress.measure import next_token_stats
 from compress.prune import PruneConfig, prune_depth
 from compress.quantize import (METHODS, STATE_DICT_NAME, Int8WeightLinear, QuantizeConfig, load_quantized, quantize,
-                               quantize_int8, quantize_linears, quantize_model)
+                               quantize_int8, quantize_linears, quantize_model, quantize_smooth, smooth_activations)
 from dataengine.store import Store
 from student.format import direct_prompt
 from student.generate import load_model
@@ -127,7 +127,8 @@ def test_missing_path_is_a_user_error(tmp_path: Path) -> None:
 
 # ---- the three methods ----------------------------------------------------------------------
 
-KERNEL = {"int8-dynamic": "quantized::linear_dynamic", "int8-weight": "aten::_weight_int8pack_mm",
+KERNEL = {"int8-dynamic": "quantized::linear_dynamic", "int8-smooth": "quantized::linear_dynamic",
+          "int8-weight": "aten::_weight_int8pack_mm",
           "int4-weight": "aten::_weight_int4pack_mm_for_cpu"}
 
 
@@ -142,18 +143,20 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def saved(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Each method applied without measurements (no texts) and saved."""
+    """Each method applied without measurements (no texts; int8-smooth smooths with them) and saved."""
     out = tmp_path_factory.mktemp("methods")
     for method in METHODS:
-        quantize(tiny_dir, out / method, QuantizeConfig(method=method))
+        quantize(tiny_dir, out / method, QuantizeConfig(method=method), TEXTS if method == "int8-smooth" else None)
     return {method: out / method for method in METHODS}
 
 
 @pytest.mark.parametrize("method", METHODS)
 def test_round_trip_gives_the_outputs_of_before_saving(tiny_dir: Path, saved: dict[str, Path], method: str) -> None:
     before = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
-    quantize_model(before, method)
-    after, tokenizer = load_model(saved[method])  # student.generate dispatches on kind "quantized"
+    after, tokenizer = load_model(saved[method])
+    if method == "int8-smooth":  # the same smoothing the saved model got: factors from TEXTS
+        smooth_activations(before, tokenizer, TEXTS, alpha=QuantizeConfig().smooth_alpha)
+    quantize_model(before, method)  # student.generate dispatches on kind "quantized"
     assert read_manifest(saved[method])["method"] == method
     for text in TEXTS[:3]:
         seq_before, logits_before = _greedy(before, tokenizer, text)
@@ -164,7 +167,8 @@ def test_round_trip_gives_the_outputs_of_before_saving(tiny_dir: Path, saved: di
 
 # Relative logit error and greedy agreement with float32 (measured 0.03 / 0.015 / 0.15 and
 # 100% / 100% / 77% on this model); a wrong scale or nibble order would be off by far more.
-CLOSE = {"int8-dynamic": (0.06, 0.9), "int8-weight": (0.04, 0.9), "int4-weight": (0.3, 0.6)}
+CLOSE = {"int8-dynamic": (0.06, 0.9), "int8-smooth": (0.06, 0.9), "int8-weight": (0.04, 0.9),
+         "int4-weight": (0.3, 0.6)}
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -209,8 +213,12 @@ def test_auto_keeps_the_fastest_method_within_the_budget(tiny_dir: Path, tmp_pat
 
 
 def test_bad_quantize_options_are_user_errors(tiny_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(UserError, match="held-out texts"):
+    with pytest.raises(UserError, match="no calibration texts"):
         quantize(tiny_dir, tmp_path / "q", QuantizeConfig(method="auto"), [])
+    with pytest.raises(UserError, match="--method int8-smooth: no calibration texts"):
+        quantize(tiny_dir, tmp_path / "q", QuantizeConfig(method="int8-smooth"), [])
+    with pytest.raises(UserError, match="smooth_alpha"):
+        quantize(tiny_dir, tmp_path / "q", QuantizeConfig(method="int8-smooth", smooth_alpha=1.5), TEXTS)
     with pytest.raises(UserError, match="group_size"):
         quantize(tiny_dir, tmp_path / "q", QuantizeConfig(method="int4-weight", group_size=48), TEXTS)
     with pytest.raises(UserError, match="max_drop"):
@@ -231,3 +239,47 @@ def test_cli_quantize_reports_method_kernels_and_measurements(tiny_dir: Path, tm
     bad = CliRunner().invoke(app, ["--db", str(store.path), "compress", "quantize", str(tiny_dir), "--out",
                                    str(tmp_path / "x"), "--method", "int3"])
     assert bad.exit_code != 0 and "method" in str(bad.exception)
+
+
+# ---- int8-smooth ----------------------------------------------------------------------------
+
+
+def _with_activation_outlier(tiny_dir: Path) -> tuple[nn.Module, object]:
+    """The tiny model with one input channel of layer 0's q/k/v made 300x larger, and those
+    Linears' column divided by 300: the same function, with the kind of activation outlier
+    that breaks per-tensor int8 activations in real models."""
+    model, tokenizer = load_model(tiny_dir)
+    layer = model.model.layers[0]
+    with torch.no_grad():
+        layer.input_layernorm.weight[3] *= 300
+        for linear in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+            linear.weight[:, 3] /= 300
+    return model, tokenizer
+
+
+def _relative_error(model: nn.Module, reference: torch.Tensor, batch: dict) -> float:
+    with torch.inference_mode():
+        return ((model(**batch).logits - reference).norm() / reference.norm()).item()
+
+
+def test_smoothing_is_exact_in_float_and_rescues_int8_activations_from_an_outlier(tiny_dir: Path) -> None:
+    import copy
+
+    model, tokenizer = _with_activation_outlier(tiny_dir)
+    batch = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        reference = model(**batch).logits
+    embedding = model.model.embed_tokens.weight.detach().clone()
+
+    smoothed = copy.deepcopy(model)
+    assert smooth_activations(smoothed, tokenizer, TEXTS, alpha=0.75) == 4 * 6 + 1  # q,k,v,gate,up,down + head
+    assert _relative_error(smoothed, reference, batch) < 1e-5  # folded exactly into the norms and up_proj
+    assert smoothed.lm_head.weight is not smoothed.model.embed_tokens.weight  # untied: the embedding is not scaled
+    assert torch.equal(smoothed.model.embed_tokens.weight, embedding)
+    assert smoothed.model.layers[0].input_layernorm.weight[3] < model.model.layers[0].input_layernorm.weight[3] / 10
+
+    plain = copy.deepcopy(model)
+    plain.lm_head.weight = nn.Parameter(plain.lm_head.weight.detach().clone())
+    quantize_smooth(plain)  # every Linear int8 dynamic, without smoothing
+    quantize_smooth(smoothed)
+    assert _relative_error(smoothed, reference, batch) < _relative_error(plain, reference, batch) / 2
