@@ -882,13 +882,16 @@ def compress_quantize(model_dir: Path, out: Annotated[Path, typer.Option()],
                           help="auto: largest allowed drop in next-token accuracy vs the float model.")] = 0.01,
                       calibration_dataset: Annotated[Optional[str], typer.Option(
                           help="Dataset whose pairs measure accuracy (default: the one the model was trained on).")] = None,
+                      threads: Annotated[Optional[int], typer.Option(
+                          help="torch threads while timing the methods (default: one per core); use the count "
+                               "the model will serve with.")] = None,
                       as_json: JsonOpt = False) -> None:
     """Quantize the linear layers (int8 dynamic, int8 or int4 weight-only); auto keeps the fastest within budget."""
     from student.manifest import read_manifest
     from supertiny.pipeline import quantize_and_register
 
     row = quantize_and_register(store(), model_dir=model_dir, out=out, method=method, max_drop=max_drop,
-                                calibration_dataset=calibration_dataset)
+                                calibration_dataset=calibration_dataset, threads=threads)
     manifest = read_manifest(row.path)
     if as_json:
         emit([{**row.model_dump(), "method": manifest["method"], "kernels": manifest.get("kernels"),

@@ -124,7 +124,8 @@ def prune_and_register(store: Store, *, model_dir: Path, out: Path, ratio: float
 
 
 def quantize_and_register(store: Store, *, model_dir: Path, out: Path, method: str = "int8-dynamic",
-                          max_drop: float = 0.01, calibration_dataset: str | None = None) -> ModelRow:
+                          max_drop: float = 0.01, calibration_dataset: str | None = None,
+                          threads: int | None = None) -> ModelRow:
     """Quantize with ``method`` (``auto``: the fastest method whose next-token accuracy is within
     ``max_drop`` of the float model's) and register. Accuracy and speed are measured on the
     calibration dataset's pairs, else on the dataset the model was trained on, else on stored
@@ -134,7 +135,7 @@ def quantize_and_register(store: Store, *, model_dir: Path, out: Path, method: s
 
     require_model_dir(model_dir)
     try:
-        config = QuantizeConfig(method=method, max_drop=max_drop)
+        config = QuantizeConfig(method=method, max_drop=max_drop, threads=threads)
     except ValidationError as exc:
         raise _config_error(exc, "compress quantize") from None
     known = store.model_by_path(str(Path(model_dir).resolve()))

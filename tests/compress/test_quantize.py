@@ -196,8 +196,9 @@ def test_weight_only_methods_share_one_int8_table_and_shrink_the_file(saved: dic
 
 
 def test_auto_keeps_the_fastest_method_within_the_budget(tiny_dir: Path, tmp_path: Path) -> None:
-    config = QuantizeConfig(method="auto", max_drop=0.5, eval_texts=5, timing_prompts=2, new_tokens=4)
+    config = QuantizeConfig(method="auto", max_drop=0.5, eval_texts=5, timing_prompts=2, new_tokens=4, threads=2)
     manifest = quantize(tiny_dir, tmp_path / "auto", config, TEXTS)
+    assert manifest["config"]["threads"] == 2 and torch.get_num_threads() == 1  # timed at 2, then restored
     measured = manifest["measured"]
     assert set(measured) == {"float32", *METHODS}
     within = [m for m in METHODS if measured[m]["accuracy_drop"] <= 0.5]
@@ -217,6 +218,8 @@ def test_bad_quantize_options_are_user_errors(tiny_dir: Path, tmp_path: Path) ->
         quantize(tiny_dir, tmp_path / "q", QuantizeConfig(method="auto"), [])
     with pytest.raises(UserError, match="--method int8-smooth: no calibration texts"):
         quantize(tiny_dir, tmp_path / "q", QuantizeConfig(method="int8-smooth"), [])
+    with pytest.raises(UserError, match="threads=0"):
+        quantize(tiny_dir, tmp_path / "q", QuantizeConfig(method="int8-weight", threads=0), TEXTS)
     with pytest.raises(UserError, match="smooth_alpha"):
         quantize(tiny_dir, tmp_path / "q", QuantizeConfig(method="int8-smooth", smooth_alpha=1.5), TEXTS)
     with pytest.raises(UserError, match="group_size"):
@@ -230,8 +233,9 @@ def test_cli_quantize_reports_method_kernels_and_measurements(tiny_dir: Path, tm
     store = Store(tmp_path / "cli.db")
     store.add_tasks(get_domain("home").generate_tasks(seed=0, n_train=6, n_dev=0, n_test=0))  # held-out prompts
     result = CliRunner().invoke(app, ["--db", str(store.path), "compress", "quantize", str(tiny_dir), "--out",
-                                      str(tmp_path / "q"), "--method", "int4-weight", "--json"])
+                                      str(tmp_path / "q"), "--method", "int4-weight", "--threads", "1", "--json"])
     assert result.exit_code == 0, result.output
+    assert read_manifest(tmp_path / "q")["config"]["threads"] == 1
     row, = json.loads(result.stdout)
     assert row["kind"] == "quantized" and row["name"].endswith("-int4-weight") and row["method"] == "int4-weight"
     assert KERNEL["int4-weight"] in row["kernels"]
