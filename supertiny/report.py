@@ -184,12 +184,14 @@ def plot_accuracy(points: list[dict[str, Any]], x: str, path: Path, title: str) 
 
 def _place_labels(ax: Any, renderer: Any, labels: list[tuple[str, tuple[float, float]]]) -> None:
     """Each label beside its point, on the first side (right above, right below, left above, left
-    below) where it overlaps no other label or point and stays inside the axes."""
+    below; then the same a line and two lines further out, with a leader line) where it overlaps
+    no other label or point and stays inside the axes."""
     from matplotlib.transforms import Bbox
 
     points = [ax.transData.transform(at) for _, at in labels]
     taken = [Bbox.from_extents(px - 6, py - 6, px + 6, py + 6) for px, py in points]
-    sides = [((7, 5), "left"), ((7, -14), "left"), ((-7, 5), "right"), ((-7, -14), "right")]
+    sides = [((dx, dy), "left" if dx > 0 else "right") for up, down in ((5, -14), (18, -27), (31, -40))
+             for dx in (7, -7) for dy in (up, down)]
     for text, at in labels:
         for number, (offset, align) in enumerate(sides):
             label = ax.annotate(text, at, xytext=offset, textcoords="offset points", fontsize=9, ha=align)
@@ -197,6 +199,10 @@ def _place_labels(ax: Any, renderer: Any, labels: list[tuple[str, tuple[float, f
             inside = ax.bbox.x0 <= box.x0 and box.x1 <= ax.bbox.x1 and ax.bbox.y0 <= box.y0 and box.y1 <= ax.bbox.y1
             if (inside and not any(box.overlaps(other) for other in taken)) or number == len(sides) - 1:
                 taken.append(box)
+                if abs(offset[1]) > 14:  # away from its point: a thin line shows whose label it is
+                    label.remove()
+                    ax.annotate(text, at, xytext=offset, textcoords="offset points", fontsize=9, ha=align,
+                                arrowprops={"arrowstyle": "-", "lw": 0.5, "color": "0.5"})
                 break
             label.remove()
 

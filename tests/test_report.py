@@ -108,3 +108,34 @@ def test_an_empty_store_gets_a_report_that_says_so(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert written["runs"] == [] and written["plots"] == []
     assert "No evaluation runs yet" in text and "No registered models yet" in text and "No tasks." in text
+
+
+def test_labels_of_points_close_together_do_not_overlap():
+    """Three models a few percent apart (a student, its pruned and its quantized copy) on a log
+    latency axis: every label finds a free place beside its point."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from supertiny.report import _place_labels
+
+    figure = Figure(figsize=(6.4, 4.2), dpi=120)  # as plot_accuracy draws it
+    canvas = FigureCanvasAgg(figure)
+    figure.subplots_adjust(left=0.11, right=0.97, bottom=0.13, top=0.92)
+    ax = figure.add_subplot()
+    ax.set_xscale("log")
+    ax.set_xlim(3.6 / 1.6, 2150 * 2.5)
+    ax.set_ylim(0, 105)
+    points = [("teacher (4 ms)", (3.6, 90.0)), ("student (2,150 ms)", (2150, 75.0)),
+              ("depth-pruned-healed (1,535 ms)", (1535, 72.5)), ("depth-pruned-healed-int8 (616 ms)", (616, 71.7))]
+    ax.scatter([x for _, (x, _) in points], [y for _, (_, y) in points])
+    _place_labels(ax, canvas.get_renderer(), points)
+    renderer = canvas.get_renderer()
+    boxes = []
+    for text in list(ax.texts):  # the text alone: a label away from its point also draws a leader line
+        probe = ax.annotate(text.get_text(), text.xy, xytext=text.xyann, textcoords="offset points", fontsize=9,
+                            ha=text.get_ha())
+        boxes.append(probe.get_window_extent(renderer))
+        probe.remove()
+    assert len(boxes) == len(points)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    assert all(ax.bbox.x0 <= b.x0 and b.x1 <= ax.bbox.x1 for b in boxes)
