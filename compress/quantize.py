@@ -62,6 +62,7 @@ from supertiny.errors import UserError
 STATE_DICT_NAME = "quantized_state_dict.pt"
 FLOAT_LINEARS = ("mlp.down_proj",)  # kept in float by int8-dynamic: see quantize_linears
 METHODS = ("int8-dynamic", "int8-smooth", "int8-weight", "int4-weight")
+NEEDS_TEXTS = ("auto", "int8-smooth")  # measuring needs held-out texts; smoothing needs calibration texts
 LEGACY_METHODS = {"torch_dynamic_int8": "int8-dynamic"}  # manifests written before the methods had names
 INT8_K_MULTIPLE = 32  # in_features the int8 weight-only kernel gets right (16 measured; margin for other CPUs)
 INT4_N_MULTIPLE = 16  # out_features the int4 packing accepts
@@ -109,19 +110,23 @@ def quantize_linears(model: PreTrainedModel) -> PreTrainedModel:
     fp32 28.3%, every Linear int8 per-tensor 18.3%, per-channel 21.7%, per-channel with
     down_proj float 26.7% -- at 1.8x the fp32 speed.
     """
-    spec = {
-        name: per_channel_dynamic_qconfig
-        for name, module in model.named_modules()
-        if isinstance(module, nn.Linear) and module is not model.get_output_embeddings()
-        and not name.endswith(FLOAT_LINEARS)
-    }
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and module is not model.get_output_embeddings()
+             and not name.endswith(FLOAT_LINEARS)]
+    _dynamic_int8(model, names)
+    return model
+
+
+def _dynamic_int8(model: nn.Module, names: list[str]) -> None:
+    """The named Linears to torch.ao dynamic int8 (per-channel weights), in place."""
     # torch 2.13 warns on every call that torch.ao.quantization is deprecated (and that
     # quantized tensor dtypes are): the API still works and is what we want until torchao is a
     # dependency, so keep those warnings out of user output here and only here.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.simplefilter("ignore", UserWarning)
-        return quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8,
+                         inplace=True)
 
 
 # ---- int8-smooth: SmoothQuant, then every Linear int8 dynamic ---------------------------------
@@ -186,9 +191,7 @@ def smooth_activations(model: PreTrainedModel, tokenizer: Any, texts: list[str],
             mlp.up_proj.bias.div_(s)
         mlp.down_proj.weight.mul_(s[None, :])
         smoothed += 1
-    head = model.get_output_embeddings()
-    if head.weight is model.get_input_embeddings().weight:
-        head.weight = nn.Parameter(head.weight.detach().clone())
+    head = _untie_head(model)
     model.config.tie_word_embeddings = False  # saved with the config: load_quantized builds two tables
     head_name = next(name for name, module in model.named_modules() if module is head)
     s = _smoothing(maxima[head_name], [head], alpha)
@@ -197,27 +200,24 @@ def smooth_activations(model: PreTrainedModel, tokenizer: Any, texts: list[str],
     return smoothed + 1
 
 
+def _untie_head(model: PreTrainedModel) -> nn.Module:
+    """Give ``lm_head`` its own copy of the weight it shares with the input embedding, if it does."""
+    head = model.get_output_embeddings()
+    if head.weight is model.get_input_embeddings().weight:
+        head.weight = nn.Parameter(head.weight.detach().clone())
+    return head
+
+
 def quantize_smooth(model: PreTrainedModel, from_weights: bool = True) -> dict[str, list[str]]:
     """Every Linear, lm_head included, to int8 dynamic (per-channel weights); the embedding to
     int8 rows. Expects :func:`smooth_activations` to have run (``from_weights``) or the model to
     be built from a smoothed config (untied ``lm_head``, for loading)."""
     if not from_weights:
-        head = model.get_output_embeddings()
-        if head.weight is model.get_input_embeddings().weight:
-            head.weight = nn.Parameter(head.weight.detach().clone())
-    embedding = model.get_input_embeddings()
-    emb_name = next(name for name, module in model.named_modules() if module is embedding)
-    table = Int8Embedding(embedding.num_embeddings, embedding.embedding_dim)
-    if from_weights:
-        table.weight_int8, table.scales = int8_rows(embedding.weight.detach().float())
-    _set_module(model, emb_name, table)
-    spec = {name: per_channel_dynamic_qconfig for name, module in model.named_modules()
-            if isinstance(module, nn.Linear)}
-    with warnings.catch_warnings():  # torch.ao deprecation warnings: see quantize_linears
-        warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.simplefilter("ignore", UserWarning)
-        quantize_dynamic(model, spec, dtype=torch.qint8, inplace=True)
-    return {"int8-dynamic": sorted(spec), "int8": [emb_name]}
+        _untie_head(model)
+    emb_name, _ = _int8_embedding(model, from_weights)
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    _dynamic_int8(model, names)
+    return {"int8-dynamic": sorted(names), "int8": [emb_name]}
 
 
 # ---- weight-only int8 / int4 modules --------------------------------------------------------
@@ -326,6 +326,17 @@ class Int4WeightLinear(nn.Module):
         return out + self.bias if self.bias is not None else out
 
 
+def _int8_embedding(model: PreTrainedModel, from_weights: bool) -> tuple[str, Int8Embedding]:
+    """Swap the input embedding for int8 rows (empty ones when not ``from_weights``); (its name, the table)."""
+    embedding = model.get_input_embeddings()
+    name = next(n for n, module in model.named_modules() if module is embedding)
+    table = Int8Embedding(embedding.num_embeddings, embedding.embedding_dim)
+    if from_weights:
+        table.weight_int8, table.scales = int8_rows(embedding.weight.detach().float())
+    _set_module(model, name, table)
+    return name, table
+
+
 def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, child = name.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, module)
@@ -358,11 +369,7 @@ def quantize_weights(model: PreTrainedModel, bits: int, group_size: int = 32,
         _set_module(model, name, new)
 
     # The embedding: int8 rows in the lm_head's format; one table for both names when tied.
-    emb_name = next(name for name, module in model.named_modules() if module is embedding)
-    table = Int8Embedding(embedding.num_embeddings, embedding.embedding_dim)
-    if from_weights:
-        table.weight_int8, table.scales = int8_rows(embedding.weight.detach().float())
-    _set_module(model, emb_name, table)
+    emb_name, table = _int8_embedding(model, from_weights)
     kept["int8"].append(emb_name)
     new_head = model.get_output_embeddings()
     if tied and isinstance(new_head, Int8WeightLinear):
@@ -448,7 +455,7 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig,
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     _check(model_dir, out_dir, config)
     texts = [t for t in (texts or []) if t.strip()]
-    if config.method in ("auto", "int8-smooth") and not texts:
+    if config.method in NEEDS_TEXTS and not texts:
         raise UserError(f"quantize --method {config.method}: no calibration texts to measure accuracy on and to "
                         "smooth with; pass --calibration-dataset (or generate tasks) or choose another --method")
     # Smoothing factors come from texts other than the held-out ones when there are enough.

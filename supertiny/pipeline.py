@@ -130,7 +130,7 @@ def quantize_and_register(store: Store, *, model_dir: Path, out: Path, method: s
     ``max_drop`` of the float model's) and register. Accuracy and speed are measured on the
     calibration dataset's pairs, else on the dataset the model was trained on, else on stored
     tasks; an explicit method with no texts at all is applied unmeasured."""
-    from compress.quantize import QuantizeConfig, quantize
+    from compress.quantize import NEEDS_TEXTS, QuantizeConfig, quantize
     from student.manifest import inherited_field
 
     require_model_dir(model_dir)
@@ -144,7 +144,7 @@ def quantize_and_register(store: Store, *, model_dir: Path, out: Path, method: s
     try:
         texts = calibration_texts(store, dataset_ref, format=inherited_field(model_dir, "format") or "direct")
     except UserError:
-        if method in ("auto", "int8-smooth") or calibration_dataset:  # these need texts
+        if method in NEEDS_TEXTS or calibration_dataset:
             raise
         texts = []
     manifest = quantize(model_dir, out, config, texts)

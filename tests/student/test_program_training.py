@@ -134,4 +134,3 @@ def test_student_train_json_is_the_registered_model_alone(program_store):
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)[0]  # the trainer's log lines went to stderr
     assert row["path"] == str((root / "cli-sft").resolve()) and row["kind"] == "student"
-
