@@ -95,6 +95,64 @@ class _AllowedNames(LogitsProcessor):
         return scores
 
 
+def quoted_values(text: str) -> list[str]:
+    """The string literals of a call's text, in order; the last one may still be open (no closing
+    quote yet). Backslash escapes are kept as the character they escape."""
+    values, current, in_string, escaped = [], [], False, False
+    for char in text:
+        if not in_string:
+            if char == '"':
+                in_string, current = True, []
+            continue
+        if escaped:
+            current.append(char)
+            escaped = False
+        elif char == "\\":
+            escaped = True
+        elif char == '"':
+            values.append("".join(current))
+            in_string = False
+        else:
+            current.append(char)
+    if in_string:
+        values.append("".join(current))
+    return values
+
+
+class _ValuesFromRequest(LogitsProcessor):
+    """Greedy decoding whose quoted argument values are verbatim spans of the request.
+
+    For domains whose arguments are copied from the utterance (SNIPS slots): a small model
+    otherwise rewrites rare words it has to copy ("lofty fake anagram" -> "lifted fake
+    anagram"). At each step the candidates are tried in the model's order among its ``top_k``
+    best; every one whose text would put a non-span into a quoted value is masked, so greedy
+    picks the best that keeps every value a substring of the request. When none of the ``top_k``
+    fits, the step is left to the model. Greedy only: it masks just the tokens ranked above the
+    first that fits.
+    """
+
+    def __init__(self, tokenizer: Any, requests: list[str], prompt_len: int, top_k: int = 32):
+        self.tokenizer = tokenizer
+        self.requests = requests
+        self.prompt_len = prompt_len
+        self.top_k = top_k
+
+    def _fits(self, ids: list[int], request: str) -> bool:
+        # A token can end inside a multi-byte character: judge the characters decoded so far.
+        text = self.tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
+        return all(value in request for value in quoted_values(text.split("(", 1)[1] if "(" in text else ""))
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        for row in range(input_ids.shape[0]):
+            generated = input_ids[row, self.prompt_len:].tolist()
+            candidates = scores[row].topk(min(self.top_k, scores.shape[-1])).indices.tolist()
+            for rank, token in enumerate(candidates):
+                if self._fits(generated + [token], self.requests[row]):
+                    scores[row, candidates[:rank]] = float("-inf")
+                    break
+        return scores
+
+
 def function_names_of(path: str | Path) -> list[str] | None:
     """The function names a student was trained to start its answer with."""
     names = inherited_field(path, "function_names")
@@ -123,11 +181,16 @@ class DirectStudent:
         self.seed = seed  # of those samples
         # ``format`` for a directory whose manifest is not written yet (measured while it is made)
         self.format = format or inherited_field(self.path, "format") or "direct"
-        if self.format == "program" and domain is None:
-            from tools.registry import get_domain
+        lineage_domain = inherited_field(self.path, "domain")
+        if domain is None:
+            from tools.registry import BUILTIN_DOMAINS, get_domain
 
-            domain = get_domain(inherited_field(self.path, "domain") or "home")
+            # program plans need the tools; a direct student only the domain's decoding flags
+            if self.format == "program" or lineage_domain in BUILTIN_DOMAINS:
+                domain = get_domain(lineage_domain or "home")
         self.domain = domain
+        # Arguments copied from the request (SNIPS slots): values are decoded as spans of it.
+        self.values_from_request = bool(getattr(domain, "values_from_request", False)) and self.format == "direct"
         self.max_new_tokens = max_new_tokens or (128 if self.format == "program" else 64)
         self.model, self.tokenizer = load_model(self.path)
         if self.tokenizer.pad_token is None:  # batches need one; these rows end at EOS anyway
@@ -152,7 +215,8 @@ class DirectStudent:
         # Same call as TRL's training-time tokenization (default add_special_tokens), padded on the left.
         inputs = self.tokenizer(prompts, return_tensors="pt", padding=True)
         prompt_lens = [int(n) for n in inputs["attention_mask"].sum(dim=1)]
-        raws, tokens = map(list, zip(*self._generate(prompts, prompt_lens, inputs, do_sample=False)))
+        requests = [text.strip() for text, _ in items]
+        raws, tokens = map(list, zip(*self._generate(prompts, prompt_lens, inputs, do_sample=False, requests=requests)))
         calls = [self._call(raw, context) for raw, (_, context) in zip(raws, items)]
         # Retry only the plans that ended by themselves: a line that ran to max_new_tokens is
         # babble (an untrained model's) that sampling would not fix, at the highest cost in tokens.
@@ -182,9 +246,10 @@ class DirectStudent:
                 for call, raw, prompt_len, n in zip(calls, raws, prompt_lens, tokens)]
 
     def _generate(self, prompts: list[str], prompt_lens: list[int], inputs: Any, do_sample: bool,
-                  max_new_tokens: int | None = None) -> list[tuple[str, int]]:
+                  max_new_tokens: int | None = None, requests: list[str] | None = None) -> list[tuple[str, int]]:
         """[(first line of the completion, tokens generated)] per row: one greedy row per prompt,
-        or ``fallback_samples`` sampled rows per prompt."""
+        or ``fallback_samples`` sampled rows per prompt. ``requests``: the utterances, for
+        greedy decoding whose quoted values must be spans of them."""
         padded_len = inputs["input_ids"].shape[1]
         rows_per_prompt = self.fallback_samples if do_sample else 1
         processors = LogitsProcessorList()
@@ -194,6 +259,8 @@ class DirectStudent:
             sequences = [[self.tokenizer(f"{prompt} {name}")["input_ids"][n:] for name in self.function_names]
                          for prompt, n in zip(prompts, prompt_lens)]
             processors.append(_AllowedNames(sequences, padded_len, rows_per_prompt))
+        if self.values_from_request and requests and not do_sample:
+            processors.append(_ValuesFromRequest(self.tokenizer, requests, padded_len))
         sampling = {"do_sample": True, "temperature": self.fallback_temperature,
                     "num_return_sequences": rows_per_prompt} if do_sample else {"do_sample": False}
         with torch.inference_mode():

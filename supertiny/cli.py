@@ -911,13 +911,25 @@ def compress_quantize(model_dir: Path, out: Annotated[Path, typer.Option()],
 def compress_bench(model_dirs: Annotated[list[Path], typer.Argument(help="Model directories; ratios are against the first.")],
                    new_tokens: int = 32, prompts: int = 4, repeats: int = 2, batch_size: int = 8,
                    threads: Annotated[int, typer.Option(help="torch CPU threads per model process.")] = 1,
+                   dataset: Annotated[Optional[str], typer.Option(
+                       help="Prompts from this dataset (NAME or NAME@N), in the first model's format; "
+                            "default: home requests.")] = None,
                    as_json: JsonOpt = False) -> None:
     """Size, peak RAM, time to first token, decode speed, p50/p95 latency (batch 1 and batch N) and the
     memory-bandwidth bound, each model in its own process, side by side."""
     from compress.bench import BenchConfig, bench_models, bench_table
 
     config = BenchConfig(new_tokens=new_tokens, prompts=prompts, repeats=repeats, batch_size=batch_size, threads=threads)
-    rows = bench_models(model_dirs, config)  # range checks there: one-line UserErrors
+    texts = None
+    if dataset:
+        from student.manifest import inherited_field
+        from supertiny.pipeline import student_examples
+
+        format = (inherited_field(model_dirs[0], "format") if model_dirs else None) or "direct"
+        texts = [ex["prompt"] for ex in student_examples(store(), dataset, format)]
+        if not texts:
+            raise UserError(f"dataset {dataset} has no examples to take prompts from")
+    rows = bench_models(model_dirs, config, texts)  # range checks there: one-line UserErrors
     if as_json:
         emit(rows, as_json=True)
     else:

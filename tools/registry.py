@@ -13,6 +13,8 @@ A domain is a plain Python module that defines ``DOMAIN = Domain(...)``:
 - ``planner``: optional offline chat model factory, used by ``--model planner``.
 - ``slot_metrics``: the actions are intents and their arguments slots; ``supertiny eval`` then
   also reports intent accuracy, slot F1 and sentence accuracy.
+- ``values_from_request``: every string argument is a span of the request; direct-mode students
+  then decode their quoted values as spans of it.
 
 ``get_domain`` returns a built-in domain by name, or imports a module path or ``.py`` file.
 """
@@ -89,6 +91,9 @@ class Domain:
     # True when the actions are intents and their arguments slots (SNIPS-style): `supertiny eval` then
     # also reports intent accuracy, slot F1 and sentence accuracy (student/intent_slot.py)
     slot_metrics: bool = False
+    # True when every string argument is a verbatim span of the user's request (SNIPS slots): a
+    # direct-mode student then decodes its quoted values as spans of it (student/generate.py)
+    values_from_request: bool = False
     tools: list[BaseTool] = field(init=False)
     actions: list[BaseTool] = field(init=False)
 
@@ -174,6 +179,7 @@ def _snips_domain() -> Domain:
         action_functions=functions.ACTION_FUNCTIONS,
         load_tasks=tasks.load_tasks,
         slot_metrics=True,
+        values_from_request=True,
     )
 
 

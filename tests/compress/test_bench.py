@@ -58,3 +58,19 @@ def test_bench_rejects_bad_input(two_models: list[Path], tmp_path: Path) -> None
         bench_models([two_models[0], tmp_path], BenchConfig())
     with pytest.raises(UserError, match="new_tokens"):
         bench_models(two_models, BenchConfig(new_tokens=1))
+
+
+def test_timed_generation_does_exactly_n_tokens_even_when_the_model_says_eos(two_models: list[Path]) -> None:
+    """Every model must do the same work per timed run: make the model's first greedy token its
+    EOS, and the timed generation still produces all N tokens (a normal generate stops at 1)."""
+    from compress.measure import greedy_seconds
+    from student.generate import load_model
+
+    model, tokenizer = load_model(two_models[0])
+    batch = tokenizer([TEXTS[0]], return_tensors="pt")
+    first = int(greedy_seconds(model, tokenizer, batch, 1)[1][0, 0])
+    model.generation_config.eos_token_id = first
+    stopped = model.generate(**batch, max_new_tokens=6, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert stopped.shape[1] - batch["input_ids"].shape[1] == 1  # the premise: this model would stop at once
+    seconds, tokens = greedy_seconds(model, tokenizer, batch, 6)
+    assert tokens.shape == (1, 6) and int(tokens[0, 0]) == first and seconds > 0

@@ -1,6 +1,7 @@
 """Logit distillation: the divergences, vocabulary checks, KD from a local teacher and from
 top-k logprobs stored with traces, and healing a pruned student through the CLI."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -217,6 +218,14 @@ def test_compress_heal_with_a_teacher_distils_and_reports_before_and_after(store
     assert manifest["teacher"] == str(teacher.resolve()) and manifest["parent"] == str(pruned.resolve())
     parent = store.model_by_id(row["parent_id"])
     assert parent.kind == "pruned" and parent.path == str(pruned.resolve())
+
+    # The pruned and healed models side by side, on the prompts of the dataset they serve.
+    result = runner.invoke(app, [*db, "compress", "bench", str(pruned), str(tmp_path / "healed"), "--dataset", "calls",
+                                 "--new-tokens", "2", "--prompts", "1", "--repeats", "1", "--batch-size", "1", "--json"])
+    assert result.exit_code == 0, result.output
+    assert [Path(r["model"]).name for r in json.loads(result.stdout)] == ["pruned", "healed"]
+    result = runner.invoke(app, [*db, "compress", "bench", str(pruned), "--dataset", "nope"])
+    assert result.exit_code != 0 and "unknown dataset 'nope'" in str(result.exception)
 
     # Without --teacher, heal is still the plain SFT fine-tune.
     result = runner.invoke(app, [*db, "compress", "heal", str(pruned), "--dataset", "calls", "--out",

@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import SFTConfig, SFTTrainer
 
 from student.format import direct_completion, direct_prompt, format_call
-from student.generate import DirectStudent, Prediction, function_names_of, load_model
+from student.generate import DirectStudent, Prediction, function_names_of, load_model, quoted_values
 from student.tiny import build_tiny_model
 from student.train import SFTRunConfig, train_student
 from supertiny.errors import UserError
@@ -131,6 +131,29 @@ def test_function_names_constrain_the_answer(trained):
     both = DirectStudent(trained, function_names=["play_music", "stop_all"])
     assert both.predict("stop everything", CONTEXT).call == STOP
     assert both.predict("play music in the living room", CONTEXT).call == PLAY
+
+
+def test_quoted_values_reads_closed_and_open_literals():
+    assert quoted_values('PlayMusic(artist="Adele", year="19') == ["Adele", "19"]
+    assert quoted_values('f(a="say \\"hi\\"", b=3)') == ['say "hi"']
+    assert quoted_values("stop_all()") == []
+
+
+def test_values_from_request_keep_every_quoted_value_a_span_of_the_request(trained):
+    """Trained only on room="living", the model writes "living" for any room; for a domain whose
+    values are spans of the request (snips), greedy decoding may only write spans of it."""
+    from tools.registry import get_domain
+
+    request = "play music in the kitchen"
+    free = DirectStudent(trained).predict(request, CONTEXT)
+    assert free.call["arguments"]["room"] == "living"  # the premise: not a span of the request
+    spans = DirectStudent(trained, domain=get_domain("snips"))
+    assert spans.values_from_request and not DirectStudent(trained).values_from_request
+    answer = spans.predict(request, CONTEXT)
+    assert answer.call is not None and answer.call["name"] == "play_music"
+    assert isinstance(answer.call["arguments"]["room"], str) and answer.call["arguments"]["room"] in request
+    # a request that does contain the value is answered as before
+    assert spans.predict("play music in the living room", CONTEXT).call == PLAY
 
 
 def test_function_names_are_found_through_the_manifest_lineage(tmp_path):
