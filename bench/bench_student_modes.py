@@ -23,7 +23,7 @@ ratio (direct req/s over agent req/s, goal >= 10x) and the token ratio (agent to
 tokens, goal >= 20x). Model loading and one warm-up generation per side are not timed. It is a
 measurement, not a test: nothing here asserts on time::
 
-    python bench/bench_student_modes.py --student /tmp/s9/demo/art/student --db /tmp/s9/demo/demo.db --tasks 8
+    python bench/bench_student_modes.py --student $A/student --db $A/../demo.db --tasks 8   # A: the demo's --out
     python bench/bench_student_modes.py --student DIR --json > modes.json
 """
 from __future__ import annotations
