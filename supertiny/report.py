@@ -58,10 +58,10 @@ def write_report(store: Store, out: str | Path, runs: int = 10) -> dict[str, Any
             title = f"{domain or ''} {rows[0].split}, run {run_id}".strip()
             if plot_accuracy(points, "size", size_png, title):
                 plots.append(size_png)
-                lines.append(f"![exact match vs size, run {run_id}]({size_png.name})")
+                lines.append(f"![{points[0]['metric']} vs size, run {run_id}]({size_png.name})")
             plot_accuracy(points, "latency", latency_png, title)
             plots.append(latency_png)
-            lines += [f"![exact match vs latency, run {run_id}]({latency_png.name})", ""]
+            lines += [f"![{points[0]['metric']} vs latency, run {run_id}]({latency_png.name})", ""]
 
     lines += ["## Models and lineage", ""]
     if not models:
@@ -126,20 +126,23 @@ def _share(value: float | None) -> str:
 
 def run_points(rows: list[EvaluationRow], models: dict[int, ModelRow]) -> list[dict[str, Any]]:
     """One point per model of a run (its ``all`` slice): label, accuracy, MB on disk (None when the
-    model has no registered size: a teacher behind an endpoint), median latency."""
+    model has no registered size: a teacher behind an endpoint), median latency. The accuracy is
+    sentence accuracy when every model of the run has one (intent/slot domains: the number their
+    literature compares), else exact match; ``metric`` names it."""
+    rows = [r for r in rows if r.slice == "all"]
+    sentence = bool(rows) and all(r.sentence_accuracy is not None for r in rows)
     points = []
     for r in rows:
-        if r.slice != "all":
-            continue
         model = models.get(r.model_id) if r.model_id is not None else None
-        points.append({"label": r.model_label, "accuracy": r.exact_match, "latency_ms": r.latency_ms_median,
+        points.append({"label": r.model_label, "metric": "sentence accuracy" if sentence else "exact match",
+                       "accuracy": r.sentence_accuracy if sentence else r.exact_match, "latency_ms": r.latency_ms_median,
                        "mb": model.bytes / MB if model and model.bytes else None,
                        "params": model.params if model else None})
     return points
 
 
 def plot_accuracy(points: list[dict[str, Any]], x: str, path: Path, title: str) -> bool:
-    """Exact match against ``x`` ("size": MB on disk, or "latency": p50 ms per request), one labelled
+    """Accuracy (the points' ``metric``) against ``x`` ("size": MB on disk, or "latency": p50 ms per request), one labelled
     point per model, saved as a PNG. Models without a size (the teacher) are a dashed line across
     the size plot. False, and nothing written, when no point has a size."""
     # imported here: the CLI should not pay for matplotlib elsewhere. The Agg canvas renders
@@ -165,8 +168,9 @@ def plot_accuracy(points: list[dict[str, Any]], x: str, path: Path, title: str) 
     ax.set_ylim(0, 105)
     ax.set_xlabel(("size on disk (MB" if x == "size" else "median latency per request (ms")
                   + (", log scale)" if log else ")"))
-    ax.set_ylabel("exact match (%)")
-    ax.set_title(f"exact match vs {'size' if x == 'size' else 'latency'} · {title}", fontsize=10)
+    metric = points[0]["metric"]
+    ax.set_ylabel(f"{metric} (%)")
+    ax.set_title(f"{metric} vs {'size' if x == 'size' else 'latency'} · {title}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
     for p in points:
         if p[key] is None:  # no size: its accuracy as a reference line

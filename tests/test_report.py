@@ -139,3 +139,17 @@ def test_labels_of_points_close_together_do_not_overlap():
     assert len(boxes) == len(points)
     assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
     assert all(ax.bbox.x0 <= b.x0 and b.x1 <= ax.bbox.x1 for b in boxes)
+
+
+def test_intent_slot_runs_plot_sentence_accuracy_and_others_exact_match():
+    from supertiny.report import run_points
+
+    def row(label, exact, sentence=None):
+        return EvaluationRow(run_id="r", model_label=label, model_spec=label, split="dev", slice="all", n=10,
+                             exact_match=exact, name_accuracy=exact, arg_f1=exact, latency_ms_median=1.0,
+                             tokens_per_request=1.0, calls_per_request=1.0, sentence_accuracy=sentence)
+
+    points = run_points([row("student", 0.87, 0.866), row("int8", 0.85, 0.849)], {})
+    assert [(p["metric"], p["accuracy"]) for p in points] == [("sentence accuracy", 0.866), ("sentence accuracy", 0.849)]
+    points = run_points([row("teacher", 0.9), row("student", 0.87, 0.866)], {})  # not every model has one
+    assert [(p["metric"], p["accuracy"]) for p in points] == [("exact match", 0.9), ("exact match", 0.87)]
