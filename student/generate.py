@@ -140,7 +140,7 @@ class _ValuesFromRequest(LogitsProcessor):
     def _fits(self, ids: list[int], request: str) -> bool:
         # A token can end inside a multi-byte character: judge the characters decoded so far.
         text = self.tokenizer.decode(ids, skip_special_tokens=True).rstrip("\ufffd")
-        return all(value in request for value in quoted_values(text.split("(", 1)[1] if "(" in text else ""))
+        return all(value in request for value in quoted_values(text))
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         for row in range(input_ids.shape[0]):

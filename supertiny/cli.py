@@ -922,13 +922,9 @@ def compress_bench(model_dirs: Annotated[list[Path], typer.Argument(help="Model 
     config = BenchConfig(new_tokens=new_tokens, prompts=prompts, repeats=repeats, batch_size=batch_size, threads=threads)
     texts = None
     if dataset:
-        from student.manifest import inherited_field
-        from supertiny.pipeline import student_examples
+        from supertiny.pipeline import dataset_prompts
 
-        format = (inherited_field(model_dirs[0], "format") if model_dirs else None) or "direct"
-        texts = [ex["prompt"] for ex in student_examples(store(), dataset, format)]
-        if not texts:
-            raise UserError(f"dataset {dataset} has no examples to take prompts from")
+        texts = dataset_prompts(store(), dataset, model_dirs[0])
     rows = bench_models(model_dirs, config, texts)  # range checks there: one-line UserErrors
     if as_json:
         emit(rows, as_json=True)

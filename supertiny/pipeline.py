@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from dataengine.schema import ModelRow
 from dataengine.store import Store
-from student.manifest import dir_bytes, read_manifest
+from student.manifest import dir_bytes, inherited_field, read_manifest
 from supertiny.errors import UserError
 
 
@@ -40,7 +40,6 @@ def train_and_register(store: Store, *, dataset_ref: str, base: str, out: Path, 
     the pruned model). ``bf16=None`` autocasts to bf16 exactly when the CPU has native bf16
     arithmetic. ``format=None``: the format ``base`` was trained in (a pruned student heals in
     its own format), else direct."""
-    from student.manifest import inherited_field
     from student.train import SFTRunConfig, cpu_has_fast_bf16, train_student
 
     if format is None:
@@ -87,6 +86,15 @@ def student_examples(store: Store, dataset_ref: str, format: str = "direct") -> 
     return direct_examples(store, dataset_ref)
 
 
+def dataset_prompts(store: Store, dataset_ref: str, model_dir: str | Path) -> list[str]:
+    """The prompts of a dataset version, in the format ``model_dir`` (or its lineage) was trained in."""
+    format = inherited_field(model_dir, "format") or "direct"
+    prompts = [ex["prompt"] for ex in student_examples(store, dataset_ref, format)]
+    if not prompts:
+        raise UserError(f"dataset {dataset_ref} has no examples to take prompts from")
+    return prompts
+
+
 def calibration_texts(store: Store, dataset_ref: str | None, limit: int = 64, format: str = "direct") -> list[str]:
     """Prompts the model will really see: a dataset's pairs in the model's format, else stored tasks."""
     from student.format import direct_prompt
@@ -105,7 +113,6 @@ def prune_and_register(store: Store, *, model_dir: Path, out: Path, ratio: float
     """Depth (drop layers), width (thin every layer) or both, to ``ratio`` of the params or to
     ``target_params``; the manifest in ``out`` lists what was removed."""
     from compress.prune import PruneConfig, prune
-    from student.manifest import inherited_field
 
     require_model_dir(model_dir)
     try:
@@ -131,7 +138,6 @@ def quantize_and_register(store: Store, *, model_dir: Path, out: Path, method: s
     calibration dataset's pairs, else on the dataset the model was trained on, else on stored
     tasks; an explicit method with no texts at all is applied unmeasured."""
     from compress.quantize import NEEDS_TEXTS, QuantizeConfig, quantize
-    from student.manifest import inherited_field
 
     require_model_dir(model_dir)
     try:
@@ -165,7 +171,6 @@ def _student_lineage(store: Store, model_dir: Path, domain_name: str, format: st
                      **more: object) -> dict:
     """Lineage for a student trained further in its own format (direct or program; ``format``
     for a model that has none yet); refuses an agent-mode one (its answers are conversations)."""
-    from student.manifest import inherited_field
 
     require_model_dir(model_dir)
     format = inherited_field(model_dir, "format") or format or "direct"
@@ -229,7 +234,6 @@ def grpo_and_register(store: Store, *, model_dir: Path, out: Path, domain: str =
     """GRPO of ``model_dir`` on a split's tasks, rewarded by the domain's verifier against gold.
     ``max_completion_length=None``: 48 tokens for a direct answer, 128 for a program plan."""
     from student.grpo import GRPORunConfig, train_grpo
-    from student.manifest import inherited_field
     from student.train import cpu_has_fast_bf16
 
     if max_completion_length is None:
@@ -270,7 +274,6 @@ def distill_and_register(store: Store, *, dataset_ref: str, model_dir: Path, out
     from functools import partial
 
     from student.distill import DistillRunConfig, distill_student, logprob_examples, measure_student
-    from student.manifest import inherited_field
     from student.train import cpu_has_fast_bf16
 
     try:
