@@ -10,6 +10,9 @@ exceptions go back to the model as error tool messages and are recorded in ``too
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextvars
 import functools
 import json
 import operator
@@ -113,6 +116,22 @@ def _as_coroutine(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
     @functools.wraps(func)
     async def run(*args: Any, **kwargs: Any) -> Any:
         return func(*args, **kwargs)
+    return run
+
+
+# A user domain's tool may block (a lookup over HTTP): in an async graph the tool round runs on
+# these threads, never on the event loop that the job's other samples share, and never on the
+# loop's default executor (a job may run that inline: agent.batch._InlineExecutor).
+_TOOL_THREADS = concurrent.futures.ThreadPoolExecutor(thread_name_prefix="supertiny-tools")
+
+
+def _in_tool_thread(func: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """``func`` as a coroutine function that runs it on a tool thread (with this context, as
+    LangGraph would run a plain function)."""
+    @functools.wraps(func)
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        call = functools.partial(contextvars.copy_context().run, func, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(_TOOL_THREADS, call)
     return run
 
 
@@ -226,12 +245,11 @@ def build_agent(domain: Domain, model: BaseChatModel, max_model_calls: int = DEF
     def budget_exhausted(state: AgentState) -> dict:
         return {"status": "budget_exhausted"}
 
-    # In an async graph the quick steps run on the event loop; run_tools stays a plain function,
-    # which LangGraph runs in a worker thread: a user domain's tool may block (a lookup over HTTP).
+    # In an async graph the quick steps run on the event loop, and the tools on a tool thread.
     quick = _as_coroutine if asynchronous else (lambda func: func)
     graph = StateGraph(AgentState)
     graph.add_node("call_model", acall_model if asynchronous else call_model)
-    graph.add_node("run_tools", run_tools)
+    graph.add_node("run_tools", _in_tool_thread(run_tools) if asynchronous else run_tools)
     graph.add_node("submit_action", quick(submit_action))
     graph.add_node("no_call", quick(no_call))
     graph.add_node("budget_exhausted", quick(budget_exhausted))

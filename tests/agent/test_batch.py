@@ -1,11 +1,16 @@
+import asyncio
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
-from agent.batch import GenerateConfig, generate
+import pytest
+
+from agent.batch import GenerateConfig, _InlineExecutor, generate
 from dataengine.store import Store
 from tools.home.tasks import generate_tasks
 
@@ -54,3 +59,27 @@ def test_killing_generate_mid_run_then_rerunning_loses_and_duplicates_nothing(tm
         # every trace that exists is complete: it has its model calls
         assert conn.execute("select count(*) from traces t where not exists "
                             "(select 1 from model_calls m where m.trace_id = t.id)").fetchone()[0] == 0
+
+
+def test_inline_default_executor_runs_work_in_place_but_name_lookups_on_a_thread(monkeypatch):
+    """What an openai: job makes its loop's default executor: langchain-openai's response parse
+    skips the thread hop; a DNS lookup, which blocks on the network, still leaves the loop."""
+    looked_up_on = []
+
+    def fake_getaddrinfo(host, port, *args, **kwargs):
+        looked_up_on.append(threading.get_ident())
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake_getaddrinfo)
+
+    async def main() -> int:
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(_InlineExecutor())
+        assert await loop.run_in_executor(None, threading.get_ident) == threading.get_ident()
+        with pytest.raises(ValueError):  # the work's own error reaches the awaiting coroutine
+            await loop.run_in_executor(None, int, "not a number")
+        assert (await loop.getaddrinfo("api.example", 443))[0][4] == ("127.0.0.1", 443)
+        return threading.get_ident()
+
+    loop_thread = asyncio.run(main())
+    assert len(looked_up_on) == 1 and looked_up_on[0] != loop_thread

@@ -1,15 +1,17 @@
+import asyncio
 import json
+import threading
 
 import pytest
 from langchain_core.messages import AIMessage, ToolMessage
 
 from agent.backends import make_chat_model, with_seed
 from agent.graph import build_agent
-from agent.run import run_request
+from agent.run import arun_request, run_request
 from dataengine.verify import compare_calls
 from tests.conftest import ScriptedChatModel, tool_call
 from tools.home.tasks import generate_tasks
-from tools.registry import get_domain
+from tools.registry import Domain, get_domain
 
 CONTEXT = {"now": "2026-03-14T09:30", "weekday": "Saturday"}
 
@@ -126,3 +128,42 @@ def test_no_tool_call_and_model_failure_are_statuses_not_crashes(home):
     result = run_request(home, Exploding(), "hello", CONTEXT)
     assert result.status == "error" and "endpoint down" in result.error
     assert [m["role"] for m in result.messages] == ["system", "user"]
+
+
+def test_an_async_graph_runs_tools_on_tool_threads_not_on_the_event_loop():
+    """A user's tool may block (an HTTP lookup): in a batch job it must not stall the other
+    samples on the loop, even when the loop's default executor runs work in place."""
+    from agent.batch import _InlineExecutor
+
+    ran_on = []
+
+    def where(room: str) -> str:
+        """Where a tool runs.
+
+        Args:
+            room: any room.
+        """
+        ran_on.append(threading.current_thread())
+        return "here"
+
+    def done(room: str) -> str:
+        """The action.
+
+        Args:
+            room: the room.
+        """
+        return "ok"
+
+    domain = Domain(name="probe", system_prompt="Call where, then done.", lookup_functions=[where],
+                    action_functions=[done])
+    model = ScriptedChatModel(script=[AIMessage(content="", tool_calls=[tool_call("where", {"room": "hall"}, "a")]),
+                                      AIMessage(content="", tool_calls=[tool_call("done", {"room": "hall"}, "b")])])
+
+    async def main():
+        asyncio.get_running_loop().set_default_executor(_InlineExecutor())
+        graph = build_agent(domain, model, asynchronous=True)
+        return await arun_request(domain, graph, "hall", {}), threading.current_thread()
+
+    result, loop_thread = asyncio.run(main())
+    assert result.status == "ok" and result.tool_events[0]["result"] == "here"
+    assert ran_on[0] is not loop_thread and ran_on[0].name.startswith("supertiny-tools")
