@@ -56,14 +56,14 @@ def make_chat_model(spec: str, *, domain: str | Domain = "home", options: ModelO
             raise UserError(f"domain {resolved.name!r} has no offline planner; use --model openai:<model>")
         return resolved.planner(temperature=options.temperature, seed=options.seed)
     if spec.startswith("openai:") and len(spec) > len("openai:"):
-        from langchain_openai import ChatOpenAI
+        from agent.openai_chat import TeacherChatOpenAI
 
         key = options.api_key or os.environ.get("OPENAI_API_KEY")
         if not key:
             raise UserError("--model openai:... needs an API key: pass --api-key or set OPENAI_API_KEY "
                             "(a local server accepts any value)")
         extra_body = {} if options.parallel_tool_calls is None else {"parallel_tool_calls": options.parallel_tool_calls}
-        return ChatOpenAI(
+        return TeacherChatOpenAI(
             model=spec.split(":", 1)[1],
             base_url=options.base_url or os.environ.get("OPENAI_BASE_URL"),
             api_key=key,

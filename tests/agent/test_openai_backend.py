@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from langchain_core.utils.function_calling import convert_to_openai_tool
 
 from agent.backends import make_chat_model
 from agent.run import run_request
@@ -81,6 +82,9 @@ def test_a_run_stores_tokens_finish_reason_model_and_logprobs_per_call(store, st
     assert bool(first.get("stream")) is streaming
     if streaming:
         assert first["stream_options"] == {"include_usage": True}
+    # every tool schema, byte for byte as langchain converts it (they travel as extra_body: agent/openai_chat.py)
+    home = get_domain("home")
+    assert first["tools"] == [convert_to_openai_tool(t) for t in home.tools + home.actions]
     assert {t["function"]["name"] for t in first["tools"]} >= {"find_device", "control_device", "set_timer"}
     tool_reply = second["messages"][-1]
     assert tool_reply["role"] == "tool" and "light.kitchen" in tool_reply["content"]
