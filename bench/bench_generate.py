@@ -14,8 +14,8 @@ request with the action call after ``--latency`` seconds, at the same ``--concur
 Each repeat runs raw, ours with one process and ours with N on fresh state, and prints the rates
 and their ratios to raw (goal: >= 0.9), plus the CPU raw and one-process ours spend per request.
 At 50 ms the raw client is CPU-bound itself (~3 ms of CPU a request: the openai client's request
-building and HTTP), and ours spends ~2 ms more per request in LangGraph and langchain-openai, so
-one process gets ~0.6 of raw: the job's extra CPU has to go to another core
+building and HTTP), and ours spends ~2.5 ms more per request in LangGraph and langchain-openai, so
+one process gets ~0.7 of raw: the job's extra CPU has to go to another core
 (docs/batch_throughput.md). On a machine shared with other work compare ratios of several runs,
 not absolute rates::
 
