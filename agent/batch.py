@@ -524,8 +524,8 @@ async def run_samples(store: Store, job: JobRow, todo: list[tuple[TaskRow, int]]
                 await results.put(SampleOutcome(task_id, index, None, run.attempts))
             await results.put(None)
             await asyncio.wait([writing])  # its own error, if any, is raised below
+            store_thread.shutdown()  # idle now: the writer is done
             await sampler.connections.aclose()
-            store_thread.shutdown()
     crash = writing.exception() or next(
         (w.exception() for w in workers if not w.cancelled() and w.exception() is not None), None)
     if crash is not None:

@@ -171,7 +171,6 @@ def _student_lineage(store: Store, model_dir: Path, domain_name: str, format: st
                      **more: object) -> dict:
     """Lineage for a student trained further in its own format (direct or program; ``format``
     for a model that has none yet); refuses an agent-mode one (its answers are conversations)."""
-
     require_model_dir(model_dir)
     format = inherited_field(model_dir, "format") or format or "direct"
     if format not in ("direct", "program"):
