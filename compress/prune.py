@@ -14,6 +14,9 @@ Works for Llama-family Hugging Face models (``model.model.layers`` is an ``nn.Mo
 ``method="width"`` makes every layer thinner instead (MLP channels and key/value groups ranked by
 activation importance, see :mod:`compress.width`); ``method="both"`` drops layers for part of the
 budget (``depth_share``) and thins the remaining layers for the rest.
+
+``vocab_size`` first trims the vocabulary to the tokens the dataset uses plus the commonest ones
+(:mod:`compress.vocab`); layers and width then only remove what the smaller embedding did not.
 """
 from __future__ import annotations
 
@@ -26,7 +29,8 @@ from pydantic import BaseModel, Field
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from compress.width import attention_shape, prune_width
+from compress.vocab import trim_vocabulary
+from compress.width import attention_shape, prune_width, removable_group_counts
 from student.manifest import dir_bytes, write_manifest
 from supertiny.errors import UserError
 
@@ -62,6 +66,12 @@ class PruneConfig(BaseModel):
     )
     depth_share: float = Field(
         0.5, description="Both: the share of the removed parameters that dropping layers may take; in [0, 1]."
+    )
+    vocab_size: Optional[int] = Field(
+        None,
+        description="First keep only about this many tokens (every token of the vocabulary texts, then the "
+        "commonest), so the embedding shrinks; depth/width pruning then removes the rest of the budget. "
+        "None: keep the vocabulary; >= 1.",
     )
 
 
@@ -159,8 +169,10 @@ def prune(
     out_dir: str | Path,
     config: PruneConfig,
     calibration_texts: list[str],
+    vocabulary_texts: list[str] | None = None,
 ) -> dict[str, Any]:
-    """Depth and/or width pruning to a parameter budget; saves a loadable model dir + manifest."""
+    """Vocabulary trimming (``config.vocab_size``, keeping every token of ``vocabulary_texts``),
+    then depth and/or width pruning to a parameter budget; saves a loadable model dir + manifest."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not 0.0 < config.target_param_ratio <= 1.0:
         raise UserError(f"target_param_ratio={config.target_param_ratio}: must be in (0, 1], e.g. 0.8")
@@ -176,6 +188,11 @@ def prune(
         raise UserError(f"channel_multiple={config.channel_multiple}: must be >= 1, e.g. 32")
     if not 0.0 <= config.depth_share <= 1.0:
         raise UserError(f"depth_share={config.depth_share}: must be in [0, 1], e.g. 0.5")
+    if config.vocab_size is not None and config.vocab_size < 1:
+        raise UserError(f"vocab_size={config.vocab_size}: must be >= 1, e.g. 16384")
+    if config.vocab_size is not None and not vocabulary_texts:
+        raise UserError("vocab_size needs vocabulary texts (the dataset's prompts and completions, whose every token "
+                        "is kept): pass --calibration-dataset")
     if not (model_dir / "config.json").is_file():
         raise UserError(f"{model_dir}: not a model directory (no config.json); pass a saved model dir")
     if out_dir.resolve() == model_dir.resolve():
@@ -198,7 +215,14 @@ def prune(
     params_before = count_params(model)
     budget = config.target_params if config.target_params is not None else config.target_param_ratio * params_before
     num_layers_before = len(layers)
-    scores, drop, width = None, set(), None
+    scores, drop, width, vocabulary = None, set(), None, None
+
+    # Vocabulary first: the texts' tokens keep their ids' rows, so calibration below sees the same
+    # scores over them, and depth/width only have to remove what the embedding did not.
+    if config.vocab_size is not None:
+        model, tokenizer, vocabulary = trim_vocabulary(model, tokenizer, vocabulary_texts or [], config.vocab_size,
+                                                       model_dir)
+        del vocabulary["kept_token_ids"]  # the saved tokenizer.json is the record of which
 
     # Depth: score every layer once (ShortGPT does not re-score after removal), drop the
     # lowest-BI layers until the (depth part of the) budget is met.
@@ -210,7 +234,7 @@ def prune(
         remove_layers(model, drop)
 
     # Width: thin the remaining layers to the full budget (importance measured after depth).
-    if config.method in ("width", "both"):
+    if config.method in ("width", "both") and count_params(model) > budget:
         model, width = prune_width(model, tokenizer, texts, target_params=budget, max_length=config.max_length,
                                    channel_multiple=config.channel_multiple, remove_kv_groups=config.remove_kv_groups)
     if added_pad:
@@ -227,7 +251,7 @@ def prune(
         out_dir,
         kind="pruned",
         parent=str(model_dir),
-        method=methods[config.method],
+        method=("vocabulary_trim+" if vocabulary else "") + methods[config.method],
         config=config.model_dump(),
         calibration_texts=len(texts),
         block_influence=scores,
@@ -235,6 +259,7 @@ def prune(
         num_layers_before=num_layers_before,
         num_layers_after=num_layers_before - len(drop),
         width=width,
+        vocabulary=vocabulary,
         params_before=params_before,
         params_after=params_after,
         target_params=int(budget),
@@ -265,6 +290,10 @@ def _check_width_support(model: PreTrainedModel, model_dir: Path, remove_kv_grou
     if remove_kv_groups is not None and not 0 <= remove_kv_groups < groups:
         raise UserError(f"remove_kv_groups={remove_kv_groups}: must be in [0, {groups - 1}] "
                         f"(the model has {groups} key/value groups per layer and keeps at least one)")
+    if remove_kv_groups is not None and remove_kv_groups not in removable_group_counts(model):
+        raise UserError(f"remove_kv_groups={remove_kv_groups}: the heads left would not divide hidden_size "
+                        f"{model.config.hidden_size}, which transformers refuses; use one of "
+                        f"{removable_group_counts(model)}")
 
 
 def prune_summary(manifest: dict[str, Any]) -> dict[str, Any]:
@@ -277,6 +306,9 @@ def prune_summary(manifest: dict[str, Any]) -> dict[str, Any]:
         "layers": manifest.get("removed_layers", []),
         "num_layers": f"{manifest['num_layers_before']} -> {manifest['num_layers_after']}",
     }
+    vocabulary = manifest.get("vocabulary")
+    if vocabulary:
+        summary["vocabulary"] = f"{vocabulary['before']} -> {vocabulary['after']} tokens"
     if width:
         summary.update({
             "intermediate_size": f"{width['intermediate_size']['before']} -> {width['intermediate_size']['after']}",

@@ -186,6 +186,16 @@ def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())  # a tied weight counts once
 
 
+def removable_group_counts(model: PreTrainedModel) -> list[int]:
+    """How many key/value groups per layer may go: transformers refuses a config whose hidden size
+    is not a multiple of its number of attention heads (even with an explicit head_dim), so a
+    4-head model cannot keep 3."""
+    num_heads, num_groups, _ = attention_shape(model)
+    heads_per_group = num_heads // num_groups
+    return [removed for removed in range(num_groups)
+            if model.config.hidden_size % ((num_groups - removed) * heads_per_group) == 0]
+
+
 def width_candidates(model: PreTrainedModel, target_params: float, current_params: int,
                      channel_multiple: int, remove_kv_groups: int | None) -> list[tuple[int, int]]:
     """(kept MLP channels, kept key/value groups) per layer for each way to meet the budget.
@@ -203,7 +213,7 @@ def width_candidates(model: PreTrainedModel, target_params: float, current_param
     to_remove = current_params - target_params
     if to_remove <= 0:
         return [(intermediate, num_groups)]
-    group_counts = [remove_kv_groups] if remove_kv_groups is not None else range(num_groups)
+    group_counts = [remove_kv_groups] if remove_kv_groups is not None else removable_group_counts(model)
     candidates = []
     for removed_groups in group_counts:
         rest = to_remove - removed_groups * per_group
@@ -213,7 +223,7 @@ def width_candidates(model: PreTrainedModel, target_params: float, current_param
         if keep >= smallest_channels:
             candidates.append((keep, num_groups - removed_groups))
     if not candidates:
-        removed_groups = remove_kv_groups if remove_kv_groups is not None else num_groups - 1
+        removed_groups = remove_kv_groups if remove_kv_groups is not None else max(group_counts)
         candidates.append((smallest_channels, num_groups - removed_groups))
     return candidates
 

@@ -8,7 +8,9 @@ how the teacher spread its probability over the alternatives ("light.kitchen" vs
 "light.kitchen_ceiling"), which carries more signal per example. Two teachers:
 
 - a local Hugging Face model directory with the student's vocabulary (a bigger student, or the
-  unpruned student when healing a pruned one): its logits at every completion position;
+  unpruned student when healing a pruned one): its logits at every completion position. A
+  student whose vocabulary was trimmed from the teacher's (``compress prune --vocab``) is
+  taught over its own tokens: the teacher reads the same token sequence by its own ids;
 - the top-k log-probabilities an endpoint returned with a trace (``agent generate
   --top-logprobs K``, stored in ``model_calls.logprobs``), when the endpoint's model has the
   student's tokenizer. The teacher wrote its tool call in its own format (JSON arguments) and
@@ -135,22 +137,31 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, loss: Di
 # ---- teachers: a local model with the same vocabulary, or stored top-k log-probabilities ----------
 
 
-def check_same_vocabulary(student_dir: Path, student_tokenizer: Any, student_vocab_size: int,
-                          teacher_dir: Path, teacher_tokenizer: Any, teacher_vocab_size: int) -> None:
-    """Refuse (one line naming both models) unless both models score the same tokens by the same ids."""
-    if student_vocab_size != teacher_vocab_size:
+def teacher_token_ids(student_dir: Path, student_tokenizer: Any, student_vocab_size: int,
+                      teacher_dir: Path, teacher_tokenizer: Any, teacher_vocab_size: int) -> torch.Tensor | None:
+    """None when both models score the same tokens by the same ids; a tensor of the teacher's id
+    of every student token when the student's vocabulary is a trimmed copy of the teacher's
+    (``compress prune --vocab``); else refuse, in one line naming both models."""
+    teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
+    if student_vocab_size == teacher_vocab_size and teacher_vocab == student_vocab:
+        return None
+    if student_vocab_size == len(student_vocab) and student_vocab.keys() <= teacher_vocab.keys():
+        ids = torch.empty(student_vocab_size, dtype=torch.long)
+        for token, student_id in student_vocab.items():
+            ids[student_id] = teacher_vocab[token]
+        return ids
+    differing = sorted(token for token in teacher_vocab.keys() | student_vocab.keys()
+                       if teacher_vocab.get(token) != student_vocab.get(token))
+    if not differing:
         raise UserError(f"teacher {teacher_dir} and student {student_dir} have different vocabularies: "
                         f"{teacher_vocab_size} vs {student_vocab_size} logits (vocab_size in config.json); logit "
                         "distillation needs a teacher with the student's tokenizer")
-    teacher_vocab, student_vocab = teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab()
-    if teacher_vocab != student_vocab:
-        differing = sorted(token for token in teacher_vocab.keys() | student_vocab.keys()
-                           if teacher_vocab.get(token) != student_vocab.get(token))
-        example = differing[0]
-        raise UserError(f"teacher {teacher_dir} and student {student_dir} have different tokenizers: "
-                        f"{len(differing)} of {len(teacher_vocab)} vs {len(student_vocab)} tokens differ, e.g. "
-                        f"{example!r} is id {teacher_vocab.get(example)} in the teacher and "
-                        f"{student_vocab.get(example)} in the student; logit distillation needs the same tokenizer")
+    example = differing[0]
+    raise UserError(f"teacher {teacher_dir} and student {student_dir} have different tokenizers: "
+                    f"{len(differing)} of {len(teacher_vocab)} vs {len(student_vocab)} tokens differ, e.g. "
+                    f"{example!r} is id {teacher_vocab.get(example)} in the teacher and "
+                    f"{student_vocab.get(example)} in the student; logit distillation needs the same tokenizer "
+                    "or a student vocabulary trimmed from the teacher's")
 
 
 def token_ids_by_text(tokenizer: Any) -> dict[str, int]:
@@ -300,13 +311,14 @@ def distill_student(examples: list[dict[str, Any]], config: DistillRunConfig, li
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
-    teacher = None
+    teacher, teacher_ids = None, None
     if config.teacher is not None:
         teacher_dir = Path(config.teacher)
         teacher_tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
         teacher = AutoModelForCausalLM.from_pretrained(teacher_dir, dtype=torch.float32).eval()
-        check_same_vocabulary(student_dir, tokenizer, model.config.vocab_size,
-                              teacher_dir, teacher_tokenizer, teacher.config.vocab_size)
+        # A trimmed student: the teacher reads the same tokens by its own ids and is scored on them.
+        teacher_ids = teacher_token_ids(student_dir, tokenizer, model.config.vocab_size,
+                                        teacher_dir, teacher_tokenizer, teacher.config.vocab_size)
         teacher.requires_grad_(False)
 
     # Each example: input ids, where the completion starts, and (stored logprobs only) the
@@ -350,8 +362,11 @@ def distill_student(examples: list[dict[str, Any]], config: DistillRunConfig, li
 
         if teacher is not None:
             with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=config.bf16):
-                teacher_logits = teacher(input_ids=input_ids, attention_mask=attention).logits
+                teacher_input = input_ids if teacher_ids is None else teacher_ids[input_ids]
+                teacher_logits = teacher(input_ids=teacher_input, attention_mask=attention).logits
             teacher_logits = teacher_logits[:, :-1][rows, cols].float()
+            if teacher_ids is not None:
+                teacher_logits = teacher_logits[:, teacher_ids]
             if config.top_k:  # compare on the teacher's k most likely tokens only
                 teacher_logits, top_ids = teacher_logits.topk(min(config.top_k, teacher_logits.shape[-1]), dim=-1)
                 kd = kd_loss(student_logits.gather(-1, top_ids), teacher_logits, config.loss, config.temperature)

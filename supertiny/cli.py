@@ -824,14 +824,18 @@ def compress_prune(model_dir: Path, out: Annotated[Path, typer.Option()],
                        "--kv-groups", help="Width: key/value groups removed per layer (default: the count "
                                            "with the lowest calibration loss).")] = None,
                    calibration_dataset: Annotated[Optional[str], typer.Option(help="Dataset whose prompts calibrate.")] = None,
+                   vocab: Annotated[Optional[int], typer.Option(
+                       "--vocab", help="First trim the vocabulary to about N tokens: every token of the "
+                                       "calibration dataset, then the commonest (e.g. 16384).")] = None,
                    as_json: JsonOpt = False) -> None:
-    """Prune to a parameter budget: whole layers (block influence) and/or width (activation importance)."""
+    """Prune to a parameter budget: whole layers (block influence) and/or width (activation importance),
+    optionally after trimming the vocabulary."""
     from compress.prune import prune_summary
     from student.manifest import read_manifest
     from supertiny.pipeline import prune_and_register
 
     row = prune_and_register(store(), model_dir=model_dir, out=out, ratio=ratio, calibration_dataset=calibration_dataset,
-                             method=method, target_params=params, remove_kv_groups=kv_groups)
+                             method=method, target_params=params, remove_kv_groups=kv_groups, vocab_size=vocab)
     removed = prune_summary(read_manifest(row.path))
     if as_json:
         emit([{**row.model_dump(), "removed": removed}], as_json=True)

@@ -95,8 +95,10 @@ def dataset_prompts(store: Store, dataset_ref: str, model_dir: str | Path) -> li
     return prompts
 
 
-def calibration_texts(store: Store, dataset_ref: str | None, limit: int = 64, format: str = "direct") -> list[str]:
-    """Prompts the model will really see: a dataset's pairs in the model's format, else stored tasks."""
+def calibration_texts(store: Store, dataset_ref: str | None, limit: int | None = 64,
+                      format: str = "direct") -> list[str]:
+    """Prompts the model will really see: a dataset's pairs in the model's format, else stored
+    tasks. ``limit=None``: all of them."""
     from student.format import direct_prompt
 
     if dataset_ref:
@@ -109,22 +111,30 @@ def calibration_texts(store: Store, dataset_ref: str | None, limit: int = 64, fo
 
 def prune_and_register(store: Store, *, model_dir: Path, out: Path, ratio: float,
                        calibration_dataset: str | None = None, method: str = "depth",
-                       target_params: int | None = None, remove_kv_groups: int | None = None) -> ModelRow:
+                       target_params: int | None = None, remove_kv_groups: int | None = None,
+                       vocab_size: int | None = None) -> ModelRow:
     """Depth (drop layers), width (thin every layer) or both, to ``ratio`` of the params or to
-    ``target_params``; the manifest in ``out`` lists what was removed."""
+    ``target_params``, after trimming the vocabulary to ``vocab_size`` tokens (every token of the
+    calibration dataset kept); the manifest in ``out`` lists what was removed."""
     from compress.prune import PruneConfig, prune
 
     require_model_dir(model_dir)
     try:
         config = PruneConfig(target_param_ratio=ratio, method=method, target_params=target_params,
-                             remove_kv_groups=remove_kv_groups)
+                             remove_kv_groups=remove_kv_groups, vocab_size=vocab_size)
     except ValidationError as exc:
         raise _config_error(exc, "compress prune") from None
+    if vocab_size is not None and not calibration_dataset:
+        raise UserError("--vocab keeps every token of a dataset: pass --calibration-dataset NAME too")
     format = inherited_field(model_dir, "format") or "direct"  # calibrate on text in the model's own format
-    manifest = prune(model_dir, out, config, calibration_texts(store, calibration_dataset, format=format))
+    texts = calibration_texts(store, calibration_dataset, format=format)
+    vocabulary_texts = calibration_texts(store, calibration_dataset, limit=None, format=format) if vocab_size else None
+    manifest = prune(model_dir, out, config, texts, vocabulary_texts)
     parent = _parent_row(store, Path(model_dir), name=Path(model_dir).name, kind=read_manifest(model_dir).get("kind", "base"))
     size = f"{target_params}p" if target_params is not None else f"{ratio:g}"
     suffix = f"pruned{size}" if method == "depth" else f"{method}-pruned{size}"
+    if vocab_size is not None:
+        suffix = f"vocab-{suffix}"
     return store.add_model(name=f"{parent.name}-{suffix}", kind="pruned", path=str(Path(out).resolve()),
                            parent_id=parent.id, dataset_id=parent.dataset_id, config=manifest["config"],
                            params=manifest["params_after"], bytes=manifest["bytes"])

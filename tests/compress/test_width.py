@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llama
 from typer.testing import CliRunner
 
 from compress.prune import PruneConfig, count_params, prune
+from compress.width import removable_group_counts
 from dataengine.store import Store
 from student.format import direct_prompt
 from student.manifest import read_manifest
@@ -194,6 +195,24 @@ def test_bad_width_options_are_user_errors(arch_base: tuple[str, Path], tmp_path
         prune(base, tmp_path / "x", PruneConfig(method="width", remove_kv_groups=KV_HEADS), TEXTS)
     with pytest.raises(UserError, match="target_params"):
         prune(base, tmp_path / "x", PruneConfig(method="width", target_params=0), TEXTS)
+
+
+def test_only_group_counts_whose_heads_divide_the_hidden_size_are_tried(tmp_path: Path) -> None:
+    # Multi-head attention, 4 heads of 16: keeping 3 heads would leave 64 % 3 != 0, which
+    # transformers refuses even with head_dim set; 4, 2 and 1 heads are fine.
+    tokenizer = train_tokenizer(TEXTS)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=HIDDEN, intermediate_size=INTERMEDIATE,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                         max_position_embeddings=256, tie_word_embeddings=True, pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(tmp_path / "mha")
+    tokenizer.save_pretrained(tmp_path / "mha")
+    assert removable_group_counts(AutoModelForCausalLM.from_pretrained(tmp_path / "mha")) == [0, 2, 3]
+    with pytest.raises(UserError, match=r"remove_kv_groups=1: .*one of \[0, 2, 3\]"):
+        prune(tmp_path / "mha", tmp_path / "x", PruneConfig(method="width", remove_kv_groups=1), TEXTS)
+    manifest = prune(tmp_path / "mha", tmp_path / "w", PruneConfig(method="width", target_param_ratio=0.6), TEXTS)
+    assert {c["key_value_groups"] for c in manifest["width"]["candidates"]} <= {4, 2, 1}
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "w").config.num_attention_heads in (4, 2, 1)
 
 
 def test_cli_width_prune_reports_what_it_removed(tmp_path: Path) -> None:
