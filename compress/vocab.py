@@ -37,8 +37,9 @@ from transformers import AutoTokenizer, PreTrainedModel
 from supertiny.errors import UserError
 
 
-def kept_token_ids(tokenizer: Any, texts: list[str], size: int) -> list[int]:
-    """Old ids of the tokens to keep, ascending: see the module docstring for which."""
+def kept_token_ids(tokenizer: Any, texts: list[str], size: int, also: set[int] | None = None) -> list[int]:
+    """Old ids of the tokens to keep, ascending: see the module docstring for which; ``also``:
+    ids to keep besides (the special-token ids a model config names)."""
     state = json.loads(tokenizer.backend_tokenizer.to_str())
     vocab: dict[str, int] = state["model"]["vocab"]
     token_of = {i: t for t, i in vocab.items()}
@@ -46,6 +47,7 @@ def kept_token_ids(tokenizer: Any, texts: list[str], size: int) -> list[int]:
     keep |= {token_id for ids in tokenizer(texts)["input_ids"] for token_id in ids}
     keep |= {token["id"] for token in state["added_tokens"]}
     keep |= {i for t, i in vocab.items() if len(t) == 1}
+    keep |= also or set()
     parts = _merge_parts(state["model"]["merges"])
     pending = [token_of[i] for i in keep if i in token_of]
     while pending:  # close under "made from": a kept token's parts are kept too
@@ -69,7 +71,10 @@ def trim_vocabulary(model: PreTrainedModel, tokenizer: Any, texts: list[str], si
     if not texts:
         raise UserError("vocabulary trimming needs texts: the dataset's prompts and completions (--calibration-dataset)")
     rows = model.get_input_embeddings().weight.shape[0]
-    keep = kept_token_ids(tokenizer, texts, size)
+    configs = [model.config, getattr(model, "generation_config", None)]
+    special_ids = {i for config in configs if config is not None for name in _SPECIAL_IDS
+                   for i in _as_list(getattr(config, name, None))}
+    keep = kept_token_ids(tokenizer, texts, size, also=special_ids)
     new_id = {old: new for new, old in enumerate(keep)}
 
     # The tokenizer: kept tokens renumbered in their old order; merges that build a dropped token go.
@@ -97,8 +102,8 @@ def trim_vocabulary(model: PreTrainedModel, tokenizer: Any, texts: list[str], si
             new_head.bias = nn.Parameter(head.bias.data[index].clone())
         model.set_output_embeddings(new_head)
     model.config.vocab_size = len(keep)
-    for config in (model.config, getattr(model, "generation_config", None)):
-        for name in ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+    for config in configs:
+        for name in _SPECIAL_IDS:
             value = getattr(config, name, None) if config is not None else None
             if isinstance(value, int):
                 setattr(config, name, new_id[value])
@@ -106,6 +111,18 @@ def trim_vocabulary(model: PreTrainedModel, tokenizer: Any, texts: list[str], si
                 setattr(config, name, [new_id[v] for v in value])
     return model, new_tokenizer, {"before": rows, "after": len(keep), "requested": size,
                                   "from_texts": len(texts), "kept_token_ids": keep}
+
+
+_SPECIAL_IDS = ("bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id")
+
+
+def _as_list(value: Any) -> list[int]:
+    """A config's token id field (an id, a list of ids, or None) as a list."""
+    if isinstance(value, int):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, int)]
+    return []
 
 
 def _pair(merge: str | list[str]) -> tuple[str, str]:
