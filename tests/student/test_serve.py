@@ -202,3 +202,38 @@ def test_an_unknown_model_name_is_answered(direct_server):
 def test_serving_a_missing_directory_is_a_user_error(tmp_path):
     with pytest.raises(UserError, match="model path not found"):
         StudentServer(tmp_path / "nope", port=0)
+
+
+# ---- a compressed student ---------------------------------------------------------------------
+
+
+def test_a_pruned_healed_quantized_student_serves_what_it_answers_in_process(tmp_path_factory, tmp_path):
+    """Issue 6: width pruned, healed by KD, quantized, each saved and reloaded; the
+    server answers with the call the same directory gives in process, the student's call."""
+    from compress.prune import PruneConfig, prune
+    from compress.quantize import QuantizeConfig, quantize
+    from student.distill import DistillRunConfig, distill_student
+    from student.format import direct_completion
+    from student.generate import DirectStudent
+    from tests.agent.lights_domain import CONTEXT, generate_tasks
+
+    student = direct_student(tmp_path_factory.getbasetemp() / "shared")
+    examples = [{"prompt": direct_prompt(t.input, CONTEXT), "completion": direct_completion(t.gold)}
+                for t in generate_tasks(n_test=0)]
+    texts = [e["prompt"] + e["completion"] for e in examples]
+    manifest = prune(student, tmp_path / "pruned", PruneConfig(method="width", target_param_ratio=0.85), texts)
+    assert manifest["target_met"] and manifest["params_after"] < manifest["params_before"]
+    distill_student(examples * 4, DistillRunConfig(model=str(tmp_path / "pruned"), teacher=str(student),
+                                                   output_dir=str(tmp_path / "healed"), learning_rate=3e-3,
+                                                   max_steps=60, warmup_ratio=0.0, bf16=False))
+    quantize(tmp_path / "healed", tmp_path / "int8w", QuantizeConfig(method="int8-weight"))
+
+    request = "turn on the kitchen light"
+    expected = DirectStudent(student).predict(request, {"now": NOW}).call
+    in_process = DirectStudent(tmp_path / "int8w").predict(request, {"now": NOW}).call
+    with StudentServer(tmp_path / "int8w", port=0, api_key=KEY, name="lights-int8w") as server:
+        switch = [t for t in DOMAIN.actions if t.name == "switch"]
+        message = chat(server).bind_tools(DOMAIN.tools + switch).invoke([HumanMessage(TEACHER_REQUEST)])
+    call, = message.tool_calls
+    assert {"name": call["name"], "arguments": call["args"]} == in_process == expected
+    assert expected["name"] == "switch"
