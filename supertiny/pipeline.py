@@ -127,9 +127,9 @@ def prune_and_register(store: Store, *, model_dir: Path, out: Path, ratio: float
     if vocab_size is not None and not calibration_dataset:
         raise UserError("--vocab keeps every token of a dataset: pass --calibration-dataset NAME too")
     format = inherited_field(model_dir, "format") or "direct"  # calibrate on text in the model's own format
-    texts = calibration_texts(store, calibration_dataset, format=format)
-    vocabulary_texts = calibration_texts(store, calibration_dataset, limit=None, format=format) if vocab_size else None
-    manifest = prune(model_dir, out, config, texts, vocabulary_texts)
+    # --vocab keeps every token of the whole dataset; calibration takes the first texts of it
+    texts = calibration_texts(store, calibration_dataset, limit=None if vocab_size else 64, format=format)
+    manifest = prune(model_dir, out, config, texts, texts if vocab_size else None)
     parent = _parent_row(store, Path(model_dir), name=Path(model_dir).name, kind=read_manifest(model_dir).get("kind", "base"))
     size = f"{target_params}p" if target_params is not None else f"{ratio:g}"
     suffix = f"pruned{size}" if method == "depth" else f"{method}-pruned{size}"
