@@ -61,15 +61,12 @@ def kept_token_ids(tokenizer: Any, texts: list[str], size: int, also: set[int] |
 def trim_vocabulary(model: PreTrainedModel, tokenizer: Any, texts: list[str], size: int,
                     model_dir: Path | str = "model") -> tuple[PreTrainedModel, Any, dict[str, Any]]:
     """Keep about ``size`` tokens (more if ``texts`` need more); returns the model (changed in
-    place), a new tokenizer, and what was removed. ``model_dir`` names the model in errors."""
+    place), a new tokenizer, and what was removed. ``model_dir`` names the model in errors.
+    ``size`` and ``texts`` are checked where the request comes in (:func:`compress.prune.prune`)."""
     state = json.loads(tokenizer.backend_tokenizer.to_str()) if hasattr(tokenizer, "backend_tokenizer") else {}
     if (state.get("model") or {}).get("type") != "BPE":
         raise UserError(f"{model_dir}: vocabulary trimming needs a byte-level BPE tokenizer (tokenizer.json with a BPE "
                         "model, as Llama 3, Qwen2 and SmolLM2 have); leave out --vocab")
-    if size < 1:
-        raise UserError(f"vocab size {size}: must be >= 1, e.g. 16384")
-    if not texts:
-        raise UserError("vocabulary trimming needs texts: the dataset's prompts and completions (--calibration-dataset)")
     rows = model.get_input_embeddings().weight.shape[0]
     configs = [model.config, getattr(model, "generation_config", None)]
     special_ids = {i for config in configs if config is not None for name in _SPECIAL_IDS
@@ -91,8 +88,7 @@ def trim_vocabulary(model: PreTrainedModel, tokenizer: Any, texts: list[str], si
     index = torch.tensor(keep)
     embedding, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head is not None and head.weight is embedding.weight
-    new_embedding = nn.Embedding(len(keep), embedding.embedding_dim, padding_idx=None,
-                                 dtype=embedding.weight.dtype)
+    new_embedding = nn.Embedding(len(keep), embedding.embedding_dim, dtype=embedding.weight.dtype)
     new_embedding.weight.data = embedding.weight.data[index].clone()
     model.set_input_embeddings(new_embedding)
     if head is not None:
