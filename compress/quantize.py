@@ -287,6 +287,58 @@ def int4_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, to
     return packed, scales_and_zeros
 
 
+def int4_dequantized(weight: torch.Tensor, group_size: int) -> torch.Tensor:
+    """The float weight that :class:`Int4WeightLinear` computes with: ``weight`` rounded to the
+    int4 grid of :func:`int4_groups` (same scales, zero points and rounding) and read back."""
+    packed, scales_and_zeros = int4_groups(weight.detach().float(), group_size)
+    n, k = weight.shape
+    q = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(n, k // group_size, group_size).float()
+    scales, zeros = scales_and_zeros.transpose(0, 1).float().unbind(-1)  # [N, K/g] each
+    return ((q - 8) * scales[..., None] + zeros[..., None]).reshape(n, k).to(weight.dtype)
+
+
+class Int4FakeQuant(nn.Module):
+    """Parametrization for quantization-aware training: the forward pass sees the int4 weight,
+    the gradient reaches the float weight unchanged (straight-through estimator)."""
+
+    def __init__(self, group_size: int) -> None:
+        super().__init__()
+        self.group_size = group_size
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight + (int4_dequantized(weight, self.group_size) - weight).detach()
+
+
+def int4_fits(module: nn.Linear, group_size: int) -> bool:
+    """Whether int4-weight stores this Linear as int4 (the kernel's shape rules); else it stays int8."""
+    k, n = module.in_features, module.out_features
+    return k % group_size == 0 and n % INT4_N_MULTIPLE == 0 and k % INT8_K_MULTIPLE == 0
+
+
+def int4_aware(model: PreTrainedModel, group_size: int) -> list[str]:
+    """Make every Linear that int4-weight will store as int4 compute with its int4 weight from
+    now on (:class:`Int4FakeQuant`), so training learns around the rounding. Returns their names.
+    :func:`int4_unaware` takes it off before saving; the float weights kept are the ones whose
+    int4 rounding was trained, so ``compress quantize --method int4-weight`` reproduces it exactly."""
+    from torch.nn.utils import parametrize
+
+    head = model.get_output_embeddings()
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and module is not head and int4_fits(module, group_size)]
+    for name in names:
+        parametrize.register_parametrization(model.get_submodule(name), "weight", Int4FakeQuant(group_size))
+    return names
+
+
+def int4_unaware(model: PreTrainedModel) -> None:
+    """Undo :func:`int4_aware`: plain Linears holding the trained float weights."""
+    from torch.nn.utils import parametrize
+
+    for module in model.modules():
+        if parametrize.is_parametrized(module, "weight"):
+            parametrize.remove_parametrizations(module, "weight", leave_parametrized=False)
+
+
 class Int4WeightLinear(nn.Module):
     """``y = x W^T + b`` with W in int4 groups (``aten::_weight_int4pack_mm_for_cpu``).
 
@@ -355,8 +407,7 @@ def quantize_weights(model: PreTrainedModel, bits: int, group_size: int = 32,
         if not isinstance(module, nn.Linear):
             continue
         k, n, has_bias = module.in_features, module.out_features, module.bias is not None
-        if (bits == 4 and module is not head and k % group_size == 0 and n % INT4_N_MULTIPLE == 0
-                and k % INT8_K_MULTIPLE == 0):
+        if bits == 4 and module is not head and int4_fits(module, group_size):
             new = (Int4WeightLinear.from_float(module, group_size) if from_weights
                    else Int4WeightLinear(k, n, has_bias, group_size))
             kept["int4"].append(name)

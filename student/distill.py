@@ -46,6 +46,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from compress.quantize import int4_aware, int4_unaware
 from student.manifest import read_manifest, write_manifest
 from supertiny.errors import UserError
 
@@ -92,7 +93,22 @@ class DistillRunConfig(BaseModel):
     max_grad_norm: float = Field(default=1.0, gt=0.0, description="Gradients are clipped to this global norm.")
     bf16: bool = Field(default=False, description="bf16 autocast for the matmuls (weights and losses stay float32).")
     seed: int = Field(default=0, description="Seed for data order.")
+    quant_aware: Literal["int4-weight"] | None = Field(
+        default=None,
+        description="Train for the int4 model this one will become (quantization-aware training): the forward "
+        "pass uses the int4-rounded weights of every Linear int4-weight quantizes, the gradient updates the "
+        "float ones. Quantize the result with `compress quantize --method int4-weight` and the same group size.",
+    )
+    quant_group_size: int = Field(default=32, description="quant_aware: inputs per int4 scale/zero point "
+                                  "(32, 64, 128 or 256, as `compress quantize --group-size`).")
     logging_steps: int = Field(default=10, gt=0, description="Log the mean losses every this many steps.")
+
+    @field_validator("quant_group_size")
+    @classmethod
+    def _a_kernel_group_size(cls, value: int) -> int:
+        if value not in (32, 64, 128, 256):
+            raise ValueError("quant_group_size must be 32, 64, 128 or 256 (what the int4 kernel accepts)")
+        return value
 
     @field_validator("max_steps")
     @classmethod
@@ -311,6 +327,8 @@ def distill_student(examples: list[dict[str, Any]], config: DistillRunConfig, li
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(student_dir)
     model = AutoModelForCausalLM.from_pretrained(student_dir, dtype=torch.float32)
+    if config.quant_aware == "int4-weight":
+        int4_aware(model, config.quant_group_size)
     teacher, teacher_ids = None, None
     if config.teacher is not None:
         teacher_dir = Path(config.teacher)
@@ -399,6 +417,7 @@ def distill_student(examples: list[dict[str, Any]], config: DistillRunConfig, li
 
     # --- artifact ------------------------------------------------------------------------
     model.eval()
+    int4_unaware(model)  # save the float weights whose int4 rounding was trained (a no-op without quant_aware)
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     (out_dir / DISTILL_CONFIG_NAME).write_text(json.dumps(config.model_dump(), indent=2) + "\n")

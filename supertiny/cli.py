@@ -852,11 +852,17 @@ def compress_heal(model_dir: Path, dataset: Annotated[str, typer.Option(help="NA
                   teacher: Annotated[Optional[Path], typer.Option(
                       help="Heal by logit distillation from this model (the unpruned student) instead of plain "
                            "fine-tuning; before/after metrics go into the manifest.")] = None,
-                  loss: LossOpt = "fkl", as_json: JsonOpt = False) -> None:
+                  loss: LossOpt = "fkl",
+                  quant_aware: Annotated[Optional[str], typer.Option(
+                      help="int4-weight: heal for the int4 model this one will become (quantization-aware "
+                           "distillation; needs --teacher), then `compress quantize --method int4-weight`.")] = None,
+                  as_json: JsonOpt = False) -> None:
     """Short fine-tune of a pruned model on the dataset it serves, to recover what pruning broke."""
     from supertiny.pipeline import distill_and_register, require_model_dir, train_and_register
 
     require_model_dir(model_dir)
+    if quant_aware is not None and teacher is None:
+        raise UserError("--quant-aware heals by distillation: give the unpruned model as --teacher DIR")
     if teacher is None:
         row = train_and_register(store(), dataset_ref=dataset, base=str(model_dir), out=out, epochs=epochs,
                                  max_steps=max_steps, learning_rate=learning_rate, kind="healed")
@@ -865,7 +871,7 @@ def compress_heal(model_dir: Path, dataset: Annotated[str, typer.Option(help="NA
         return
     row = distill_and_register(store(), dataset_ref=dataset, model_dir=model_dir, out=out, teacher=teacher, loss=loss,
                                learning_rate=learning_rate, epochs=epochs, max_steps=max_steps, kind="healed",
-                               measure=True)
+                               measure=True, quant_aware=quant_aware)
     manifest = _manifest_of(row.path)
     before, after = manifest.get("before") or {}, manifest.get("after") or {}
     if as_json:

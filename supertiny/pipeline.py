@@ -275,11 +275,12 @@ def distill_and_register(store: Store, *, dataset_ref: str, model_dir: Path, out
                          loss: str = "fkl", temperature: float = 1.0, top_k: int | None = None, alpha: float = 0.5,
                          learning_rate: float = 5e-5, epochs: float = 2.0, max_steps: int = -1, batch_size: int = 8,
                          seed: int = 0, bf16: bool | None = None, kind: str = "student",
-                         measure: bool = False) -> ModelRow:
+                         measure: bool = False, quant_aware: str | None = None) -> ModelRow:
     """Logit distillation into ``model_dir`` on ``dataset_ref``: from a local ``teacher`` model
     directory, or from the top-k logprobs stored with the dataset's traces. ``kind="healed"``
     for a pruned model healed by its unpruned parent. ``measure``: completion loss on the
-    dataset and exact match on dev tasks, before and after, into the manifest."""
+    dataset and exact match on dev tasks, before and after, into the manifest. ``quant_aware``
+    ("int4-weight"): train for the int4 model the result will be quantized to."""
     from functools import partial
 
     from student.distill import DistillRunConfig, distill_student, logprob_examples, measure_student
@@ -289,7 +290,7 @@ def distill_and_register(store: Store, *, dataset_ref: str, model_dir: Path, out
         config = DistillRunConfig(model=str(model_dir), output_dir=str(out), teacher=str(teacher) if teacher else None,
                                   loss=loss, temperature=temperature, top_k=top_k, alpha=alpha,
                                   learning_rate=learning_rate, num_train_epochs=epochs, max_steps=max_steps,
-                                  per_device_train_batch_size=batch_size, seed=seed,
+                                  per_device_train_batch_size=batch_size, seed=seed, quant_aware=quant_aware,
                                   bf16=cpu_has_fast_bf16() if bf16 is None else bf16)
     except ValidationError as exc:
         raise _config_error(exc, "student distill") from None

@@ -287,3 +287,35 @@ def test_smoothing_is_exact_in_float_and_rescues_int8_activations_from_an_outlie
     quantize_smooth(plain)  # every Linear int8 dynamic, without smoothing
     quantize_smooth(smoothed)
     assert _relative_error(smoothed, reference, batch) < _relative_error(plain, reference, batch) / 2
+
+
+def test_int4_fake_quant_computes_what_the_int4_kernel_computes_and_passes_gradients_straight(tiny_dir: Path) -> None:
+    from torch.nn.utils import parametrize
+
+    from compress.quantize import Int4FakeQuant, Int4WeightLinear, int4_aware, int4_dequantized, int4_unaware
+
+    torch.manual_seed(0)
+    linear = nn.Linear(64, 48)
+    latent = linear.weight.detach().clone()
+    kernel = Int4WeightLinear.from_float(linear, 32)
+    parametrize.register_parametrization(linear, "weight", Int4FakeQuant(32))
+    x = torch.randn(5, 64)
+    out = linear(x)
+    float_out = torch.nn.functional.linear(x, latent, linear.bias)
+    kernel_error, rounding = (out - kernel(x)).abs().max(), (out - float_out).abs().max()
+    assert kernel_error < 0.1 * rounding  # only the kernel's bf16 activations differ
+    assert torch.equal(int4_dequantized(linear.weight, 32), linear.weight)  # on the grid: rounds to itself
+    # Straight-through: d(sum of outputs)/dW is what it would be for an unrounded Linear.
+    out.sum().backward()
+    original = linear.parametrizations.weight.original
+    torch.testing.assert_close(original.grad, x.sum(0).expand(48, 64))
+    assert torch.equal(original, latent)
+
+    # On a model: exactly the Linears int4-weight stores as int4, and taken off again.
+    model = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    names = int4_aware(model, 32)
+    reference = AutoModelForCausalLM.from_pretrained(tiny_dir)
+    quantize_model(reference, "int4-weight")
+    assert names and names == [n for n, m in reference.named_modules() if isinstance(m, Int4WeightLinear)]
+    int4_unaware(model)
+    assert not any(parametrize.is_parametrized(m) for m in model.modules())

@@ -232,3 +232,75 @@ def test_compress_heal_with_a_teacher_distils_and_reports_before_and_after(store
                                  str(tmp_path / "healed-sft"), "--max-steps", "2", "--json"])
     assert result.exit_code == 0, result.output
     assert "method" not in read_manifest(tmp_path / "healed-sft")
+
+
+# ---- quantization-aware healing ------------------------------------------------------------------
+
+
+def int4_divergence(model_dir, teacher_dir):
+    """Forward KL from the teacher to ``model_dir`` made int4-weight, over the completion tokens of EXAMPLES."""
+    from compress.quantize import quantize_model
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    quantize_model(model, "int4-weight")
+    reference = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    tokenizer = AutoTokenizer.from_pretrained(teacher_dir)
+    total = []
+    with torch.inference_mode():
+        for example in EXAMPLES:
+            ids, prompt_len = tokenize_example(tokenizer, example["prompt"], example["completion"], 128)
+            ids = torch.tensor([ids])
+            got, want = model(ids).logits[0, prompt_len - 1:-1], reference(ids).logits[0, prompt_len - 1:-1]
+            total.append(kd_loss(got, want, "fkl").mean())
+    return torch.stack(total).mean().item()
+
+
+def int4_hostile_copy(model_dir, out_dir, factor=16.0):
+    """The same function with int4-hostile weights: input channel 0 of every q/k/v/gate/up
+    weight times ``factor``, the RMSNorm weight before it divided by ``factor``. Each group of 32
+    inputs holding channel 0 then gets a coarse int4 grid (real LLMs have such outlier weights)."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for norm, linears in ((layer.input_layernorm, (layer.self_attn.q_proj, layer.self_attn.k_proj,
+                                                           layer.self_attn.v_proj)),
+                                  (layer.post_attention_layernorm, (layer.mlp.gate_proj, layer.mlp.up_proj))):
+                norm.weight[0] /= factor
+                for linear in linears:
+                    linear.weight[:, 0] *= factor
+    model.save_pretrained(out_dir)
+    AutoTokenizer.from_pretrained(model_dir).save_pretrained(out_dir)
+    return out_dir
+
+
+def test_a_quantization_aware_heal_trains_the_int4_model_toward_its_teacher(tmp_path, teacher):
+    # The student computes what the teacher does (plain KD has nothing to learn), but its int4
+    # copy is far off. Quantization-aware KD trains what the int4 model computes.
+    student = int4_hostile_copy(teacher, tmp_path / "hostile")
+    start = int4_divergence(student, teacher)
+    assert start > 5 * int4_divergence(teacher, teacher)
+    runs = {}
+    for quant_aware in ("int4-weight", None):
+        config = DistillRunConfig(model=str(student), teacher=str(teacher), output_dir=str(tmp_path / str(quant_aware)),
+                                  quant_aware=quant_aware, alpha=1.0, learning_rate=3e-4, max_steps=30,
+                                  warmup_ratio=0.0, logging_steps=5)
+        runs[quant_aware] = distill_student(EXAMPLES * 4, config, lineage={"dataset": {"name": "calls", "version": 1}})
+    out = runs["int4-weight"]
+    history = read_manifest(out)["loss_history"]
+    assert history[0]["kd"] > 0.5 * start  # the first step already computes with the int4 weights
+    assert history[-1]["kd"] < 0.5 * history[0]["kd"], history
+    assert weights(out).keys() == weights(teacher).keys()  # a plain model dir: no parametrizations saved
+    assert read_manifest(out)["config"]["quant_aware"] == "int4-weight"
+    # What `compress quantize --method int4-weight` makes of it: much closer to the teacher, and
+    # closer than the same steps of plain KD get.
+    healed = int4_divergence(out, teacher)
+    assert healed < 0.5 * start and healed < 0.5 * int4_divergence(runs[None], teacher)
+
+
+def test_quant_aware_heal_needs_a_teacher_and_a_kernel_group_size(store, tmp_path, teacher):
+    result = CliRunner().invoke(app, ["--db", str(store.path), "compress", "heal", str(teacher), "--dataset", "calls",
+                                      "--out", str(tmp_path / "h"), "--quant-aware", "int4-weight"])
+    assert result.exit_code != 0 and "--quant-aware heals by distillation" in str(result.exception)
+    with pytest.raises(ValueError, match="quant_group_size must be 32, 64, 128 or 256"):
+        DistillRunConfig(model="m", output_dir="o", quant_aware="int4-weight", quant_group_size=48)
+    assert not (tmp_path / "h").exists()
