@@ -46,7 +46,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from compress.quantize import int4_aware, int4_unaware
+from compress.quantize import INT4_GROUP_SIZES, int4_aware, int4_unaware
 from student.manifest import read_manifest, write_manifest
 from supertiny.errors import UserError
 
@@ -99,14 +99,14 @@ class DistillRunConfig(BaseModel):
         "pass uses the int4-rounded weights of every Linear int4-weight quantizes, the gradient updates the "
         "float ones. Quantize the result with `compress quantize --method int4-weight` and the same group size.",
     )
-    quant_group_size: int = Field(default=32, description="quant_aware: inputs per int4 scale/zero point "
-                                  "(32, 64, 128 or 256, as `compress quantize --group-size`).")
+    quant_group_size: int = Field(default=32, description="quant_aware: inputs per int4 scale/zero point; "
+                                  "32, 64, 128 or 256, the quantize job's group_size (32 by default).")
     logging_steps: int = Field(default=10, gt=0, description="Log the mean losses every this many steps.")
 
     @field_validator("quant_group_size")
     @classmethod
     def _a_kernel_group_size(cls, value: int) -> int:
-        if value not in (32, 64, 128, 256):
+        if value not in INT4_GROUP_SIZES:
             raise ValueError("quant_group_size must be 32, 64, 128 or 256 (what the int4 kernel accepts)")
         return value
 

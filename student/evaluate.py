@@ -58,17 +58,18 @@ def predict_with_teacher(tasks: list[TaskRow], model_spec: str, *, domain: Domai
 
 def predict_with_student(tasks: list[TaskRow], model_path: str, on_step: Callable[[], None] | None = None,
                          domain: Domain | None = None, batch_size: int = 16,
-                         latency_sample: int = 16) -> list[Prediction]:
+                         latency_sample: int = 16, fallback_samples: int = 4) -> list[Prediction]:
     """A direct-mode student: one short prompt in, one call out (a program-mode student's call
     comes from running its one-line plan with ``domain``'s tools).
 
     ``latency_sample`` tasks, spread evenly over the list, run one request at a time: the latency
     column reports those. The rest run ``batch_size`` per generation, with the same greedy
     decoding, because a CPU decodes a batch of 16 almost as fast as one request.
+    ``fallback_samples``: plans a program-mode student samples when the tools reject its greedy one.
     """
     from student.generate import DirectStudent
 
-    student = DirectStudent(model_path, domain=domain)
+    student = DirectStudent(model_path, domain=domain, fallback_samples=fallback_samples)
     every = max(1, -(-len(tasks) // latency_sample)) if latency_sample > 0 else 0
     single = [t for i, t in enumerate(tasks) if every and i % every == 0]
     single_ids = {t.id for t in single}
@@ -126,9 +127,9 @@ def summarize(run_id: str, label: str, spec: str, model_id: int | None, split: s
 def run_eval(store: Store, *, domain: str, split: str, teacher: str | None, students: list[tuple[str, str]],
              limit: int | None = None, base_url: str | None = None, api_key: str | None = None,
              on_model: Callable[[str, int], Callable[[], None] | None] | None = None, batch_size: int = 16,
-             latency_sample: int = 16) -> tuple[str, list[EvaluationRow]]:
+             latency_sample: int = 16, fallback_samples: int = 4) -> tuple[str, list[EvaluationRow]]:
     """Evaluate the teacher spec and each ``(label, model_dir)``; store and return the rows.
-    ``batch_size``, ``latency_sample``: see :func:`predict_with_student`."""
+    ``batch_size``, ``latency_sample``, ``fallback_samples``: see :func:`predict_with_student`."""
     resolved = store.domain(domain)
     tasks = [t for t in store.tasks(domain=resolved.name, split=split, limit=limit) if t.gold is not None]
     if not tasks:
@@ -149,7 +150,7 @@ def run_eval(store: Store, *, domain: str, split: str, teacher: str | None, stud
             preds = predict_with_agent_student(tasks, path, domain=resolved, on_step=step)
         else:
             preds = predict_with_student(tasks, path, on_step=step, domain=resolved, batch_size=batch_size,
-                                         latency_sample=latency_sample)
+                                         latency_sample=latency_sample, fallback_samples=fallback_samples)
         model = store.model_by_path(str(path))
         r, p = summarize(run_id, label, str(path), model.id if model else None, split, tasks, preds, compare,
                          slot_metrics=resolved.slot_metrics)

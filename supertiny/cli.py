@@ -980,6 +980,9 @@ def eval_command(split: str = "test", domain: DomainOpt = "home",
                      min=1, help="Direct/program students: requests per generation (same greedy answers).")] = 16,
                  latency_sample: Annotated[int, typer.Option(
                      min=0, help="Requests, spread over the tasks, run one at a time for the latency column.")] = 16,
+                 fallback_samples: Annotated[int, typer.Option(
+                     min=0, help="Program-mode students: plans sampled (in one generation) when the tools reject "
+                                 "the greedy plan; the first one they accept is the answer. 0: greedy only.")] = 4,
                  as_json: JsonOpt = False) -> None:
     """Teacher, student and compressed student on the same tasks: one table, stored in the db.
     Intent/slot domains (snips) also get intent accuracy, slot F1 and sentence accuracy."""
@@ -1006,7 +1009,8 @@ def eval_command(split: str = "test", domain: DomainOpt = "home",
 
         run_id, rows = run_eval(s, domain=domain, split=split, teacher=teacher or None, students=students,
                                 limit=limit, base_url=base_url, api_key=api_key, on_model=on_model,
-                                batch_size=batch_size, latency_sample=latency_sample)
+                                batch_size=batch_size, latency_sample=latency_sample,
+                                fallback_samples=fallback_samples)
     if out is not None:
         from supertiny.output import evaluation_records, write_records
 

@@ -76,6 +76,16 @@ def test_eval_answers_a_latency_sample_alone_and_the_rest_in_batches(trained_pro
     assert median_latency([EvalPrediction("x", None, 5.0, 1, 1, batch_size=4)]) == 5.0
 
 
+def test_eval_gives_a_program_student_the_fallback_sample_count_asked_for(trained_program_student):
+    tasks = generate_tasks(seed=5, n_train=0, n_dev=0, n_test=6)
+    rows = [type("Task", (), {"id": f"t{i}", "input": t.input, "context": t.context}) for i, t in enumerate(tasks)]
+    greedy = predict_with_student(rows, trained_program_student, latency_sample=0, fallback_samples=0)
+    retried = predict_with_student(rows, trained_program_student, latency_sample=0, fallback_samples=3)
+    assert any(p.call is None for p in greedy)  # so there is something to retry
+    for alone, more in zip(greedy, retried):
+        assert (more.tokens > alone.tokens) if alone.call is None else (more.tokens == alone.tokens)
+
+
 def test_a_batched_program_student_runs_its_plans_and_retries_only_the_failed_ones(trained_program_student):
     student = DirectStudent(trained_program_student, fallback_samples=3)
     unseen = [(t.input, t.context) for t in generate_tasks(seed=5, n_train=0, n_dev=0, n_test=6)]
