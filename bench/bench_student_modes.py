@@ -96,27 +96,16 @@ def direct_side(student_dir: Path, domain: Any) -> tuple[Callable[[Any], dict[st
     from student.generate import DirectStudent
 
     student = DirectStudent(student_dir, domain=domain)
-    # Count generations: a program-mode student whose greedy plan the tools reject samples a batch
-    # of fallback plans in a second generation, which reads the prompt again.
-    generations = 0
-    generate = student._generate
 
-    def counted_generate(*args: Any, **kwargs: Any) -> list[tuple[str, int]]:
-        nonlocal generations
-        generations += 1
-        return generate(*args, **kwargs)
-
-    student._generate = counted_generate
-
+    # A program-mode student whose greedy plan the tools reject samples a batch of fallback plans
+    # in a second generation, which reads the prompt again (``Prediction.generations``).
     def answer(task: Any) -> dict[str, Any]:
-        nonlocal generations
-        generations = 0
         torch.manual_seed(0)  # the fallback plans are sampled: the same draws on every run
         started = time.perf_counter()
         p = student.predict(task.input, task.context)
         seconds = time.perf_counter() - started
-        return {"call": p.call, "seconds": seconds, "prompt_tokens": p.prompt_tokens * generations,
-                "completion_tokens": p.completion_tokens, "model_calls": generations,
+        return {"call": p.call, "seconds": seconds, "prompt_tokens": p.prompt_tokens * p.generations,
+                "completion_tokens": p.completion_tokens, "model_calls": p.generations,
                 "status": "ok" if p.call is not None else "no_call"}
 
     def warm_up() -> None:

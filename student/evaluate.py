@@ -79,7 +79,9 @@ def predict_with_student(tasks: list[TaskRow], model_path: str, on_step: Callabl
                                            for i in range(0, len(rest), max(1, batch_size))]
     for group, size in groups:
         for task, p in zip(group, student.predict_batch([(t.input, t.context) for t in group])):
-            by_id[task.id] = Prediction(task.id, p.call, p.latency_ms, p.prompt_tokens + p.completion_tokens, 1,
+            # A sampled retry is a second generation that reads the prompt again.
+            by_id[task.id] = Prediction(task.id, p.call, p.latency_ms,
+                                        p.prompt_tokens * p.generations + p.completion_tokens, p.generations,
                                         batch_size=size)
             if on_step:
                 on_step()

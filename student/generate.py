@@ -47,6 +47,7 @@ class Prediction:
     latency_ms: float  # tokenize + generate + decode
     prompt_tokens: int
     completion_tokens: int  # tokens generated, including a final EOS
+    generations: int = 1  # 2 when the tools rejected the greedy plan and fallback plans were sampled
 
 
 class _StopAtNewline(StoppingCriteria):
@@ -218,6 +219,7 @@ class DirectStudent:
         requests = [text.strip() for text, _ in items]
         raws, tokens = map(list, zip(*self._generate(prompts, prompt_lens, inputs, do_sample=False, requests=requests)))
         calls = [self._call(raw, context) for raw, (_, context) in zip(raws, items)]
+        generations = [1] * len(items)
         # Retry only the plans that ended by themselves: a line that ran to max_new_tokens is
         # babble (an untrained model's) that sampling would not fix, at the highest cost in tokens.
         failed = [i for i, call in enumerate(calls) if call is None and tokens[i] < self.max_new_tokens]
@@ -233,6 +235,8 @@ class DirectStudent:
                 samples = self._generate([prompts[i] for i in failed], [prompt_lens[i] for i in failed], retry,
                                          do_sample=True, max_new_tokens=cap)
             k = self.fallback_samples
+            for i in failed:
+                generations[i] = 2
             for j, i in enumerate(failed):
                 for raw, n in samples[j * k:(j + 1) * k]:
                     tokens[i] += n
@@ -242,8 +246,8 @@ class DirectStudent:
                         break
         latency_ms = (time.perf_counter() - start) * 1000.0
         return [Prediction(call=call, raw=raw, latency_ms=latency_ms, prompt_tokens=prompt_len,
-                           completion_tokens=int(n))
-                for call, raw, prompt_len, n in zip(calls, raws, prompt_lens, tokens)]
+                           completion_tokens=int(n), generations=g)
+                for call, raw, prompt_len, n, g in zip(calls, raws, prompt_lens, tokens, generations)]
 
     def _generate(self, prompts: list[str], prompt_lens: list[int], inputs: Any, do_sample: bool,
                   max_new_tokens: int | None = None, requests: list[str] | None = None) -> list[tuple[str, int]]:
