@@ -30,6 +30,8 @@ def test_quick_demo_runs_every_stage_and_records_lineage(tmp_path):
     assert chain[:4] == ("quantized", "healed", "pruned", "student") and chain[4] is not None and chain[5] == "base"
     metrics = {label: (em, tokens, calls) for label, em, tokens, calls in rows}
     assert metrics["teacher"][0] > 0.6 and metrics["teacher"][2] >= 2
-    # the point of the student: one call and a small fraction of the teacher's tokens
-    assert metrics["student"][2] == 1 and metrics["student"][1] < metrics["teacher"][1] / 10
+    # the point of the student: one generation (two when the tools reject its greedy plan and it
+    # samples more), fewer than the teacher's calls, and a small fraction of the teacher's tokens
+    assert 1 <= metrics["student"][2] <= 2 and metrics["student"][2] < metrics["teacher"][2]
+    assert metrics["student"][1] < metrics["teacher"][1] / 10
     assert (out / "quick" / "compressed" / "supertiny_manifest.json").is_file()
