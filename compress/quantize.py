@@ -272,16 +272,22 @@ class Int8Embedding(nn.Module):
         return rows * self.scales[input_ids].float().unsqueeze(-1)
 
 
-def int4_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _int4_codes(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Asymmetric int4 per group of ``group_size`` inputs, in the tinygemm convention
-    ``w ~= (q - 8) * scale + zero``: (q as uint8 two per byte [N, K/2], bf16 scales_and_zeros [K/g, N, 2])."""
+    ``w ~= (q - 8) * scale + zero``: (q in 0..15 as float [N, K/g, g], bf16 scales and zeros [N, K/g])."""
     n, k = weight.shape
     groups = weight.reshape(n, k // group_size, group_size)
     low, high = groups.amin(-1), groups.amax(-1)
     scales = ((high - low).clamp(min=1e-8) / 15).to(torch.bfloat16)
     zeros = (low + 8 * scales.float()).to(torch.bfloat16)
     q = torch.round((groups - zeros.float()[..., None]) / scales.float()[..., None] + 8).clamp(0, 15)
-    q = q.reshape(n, k).to(torch.uint8)
+    return q, scales, zeros
+
+
+def int4_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_int4_codes` stored: (q as uint8 two per byte [N, K/2], bf16 scales_and_zeros [K/g, N, 2])."""
+    q, scales, zeros = _int4_codes(weight, group_size)
+    q = q.reshape(weight.shape).to(torch.uint8)
     packed = q[:, 0::2] | (q[:, 1::2] << 4)  # plain nibbles, even input in the low half
     scales_and_zeros = torch.stack([scales, zeros], dim=-1).transpose(0, 1).contiguous()
     return packed, scales_and_zeros
@@ -289,12 +295,10 @@ def int4_groups(weight: torch.Tensor, group_size: int) -> tuple[torch.Tensor, to
 
 def int4_dequantized(weight: torch.Tensor, group_size: int) -> torch.Tensor:
     """The float weight that :class:`Int4WeightLinear` computes with: ``weight`` rounded to the
-    int4 grid of :func:`int4_groups` (same scales, zero points and rounding) and read back."""
-    packed, scales_and_zeros = int4_groups(weight.detach().float(), group_size)
-    n, k = weight.shape
-    q = torch.stack([packed & 15, packed >> 4], dim=-1).reshape(n, k // group_size, group_size).float()
-    scales, zeros = scales_and_zeros.transpose(0, 1).float().unbind(-1)  # [N, K/g] each
-    return ((q - 8) * scales[..., None] + zeros[..., None]).reshape(n, k).to(weight.dtype)
+    int4 grid of :func:`int4_groups` (the same codes, scales and zero points) and read back."""
+    q, scales, zeros = _int4_codes(weight.detach().float(), group_size)
+    dequantized = (q - 8) * scales.float()[..., None] + zeros.float()[..., None]
+    return dequantized.reshape(weight.shape).to(weight.dtype)
 
 
 class Int4FakeQuant(nn.Module):

@@ -235,9 +235,8 @@ class DirectStudent:
                 samples = self._generate([prompts[i] for i in failed], [prompt_lens[i] for i in failed], retry,
                                          do_sample=True, max_new_tokens=cap)
             k = self.fallback_samples
-            for i in failed:
-                generations[i] = 2
             for j, i in enumerate(failed):
+                generations[i] = 2
                 for raw, n in samples[j * k:(j + 1) * k]:
                     tokens[i] += n
                     calls[i] = self._call(raw, items[i][1])
