@@ -20,14 +20,15 @@ nothing refers to are dropped, and arguments equal to a tool's default are left 
 from __future__ import annotations
 
 import json
+import random
 import re
 from typing import Any, Sequence, get_args
 
 from dataengine.verify import find_value_path
 from student.format import PROMPT_END, decode_value, direct_prompt, split_call
 
-__all__ = ["PROMPT_END", "ProgramError", "completion_call", "program_examples", "program_from_trace", "parse_program",
-           "run_program", "trace_completions"]
+__all__ = ["PROMPT_END", "ProgramError", "completion_call", "made_up_words", "name_swapped_examples", "program_examples",
+           "program_from_trace", "parse_program", "run_program", "trace_completions", "with_name_swaps"]
 
 _REF = re.compile(r"^\$(?:(\d+)((?:\[\d+\]|\.[A-Za-z_]\w*)*)|([A-Za-z_]\w*))$")
 _STEP = re.compile(r"\[(\d+)\]|\.([A-Za-z_]\w*)")
@@ -110,6 +111,94 @@ def program_examples(store: Any, ref: str) -> list[dict[str, str]]:
     completions = trace_completions(store, traces, "program", store.domain(dataset.domain))
     return [{"prompt": direct_prompt(trace.input, trace.context), "completion": completions[trace.id]}
             for trace in traces]
+
+
+def made_up_words(tokenizer: Any, exclude: set[str], min_length: int = 3, max_length: int = 10) -> list[str]:
+    """Lower-case whole words of ``tokenizer``'s vocabulary (tokens that start a word) that are
+    not in ``exclude``: material for names the student has never seen."""
+    words = set()
+    for token in tokenizer.convert_ids_to_tokens(list(range(len(tokenizer)))):
+        text = tokenizer.convert_tokens_to_string([token])
+        word = text[1:]
+        if text.startswith(" ") and word.isascii() and word.isalpha() and word.islower() \
+                and min_length <= len(word) <= max_length and word not in exclude:
+            words.add(word)
+    return sorted(words)
+
+
+def _like(words: list[str], pattern: str) -> str:
+    """``words`` joined, each cased like the word at the same place of ``pattern`` (upper, capitalised, lower)."""
+    shapes = pattern.split()
+    out = []
+    for word, shape in zip(words, shapes):
+        if len(shape) > 1 and shape.isupper():
+            out.append(word.upper())
+        elif shape[:1].isupper():
+            out.append(word.capitalize())
+        else:
+            out.append(word)
+    return " ".join(out)
+
+
+def name_swapped_examples(examples: Sequence[dict[str, str]], domain: Any, words: Sequence[str], copies: int,
+                          seed: int = 0) -> list[dict[str, str]]:
+    """New program-mode examples in which the names a plan's lookups copy from the request are
+    replaced by made-up ones, in the request and the plan alike.
+
+    With a small catalog every train request names the same few songs, artists and cities, and
+    a student learns them by heart instead of learning to copy whatever name the request holds;
+    names it has never seen then come out truncated, merged or dropped. For each example whose
+    lookups take a name (the domain's ``copied_names``) found verbatim, ignoring case, in the
+    request — ``search_music(query="hey jude")`` for "play Hey Jude" — ``copies`` new examples,
+    each with every such span replaced by as many random ``words``, cased like the original
+    (``search_music(query="velvet orbit")`` for "play Velvet Orbit"). Everything else stays. The
+    plan is never run: the tools would find nothing, and that is not what these examples teach.
+    """
+    rng = random.Random(seed)
+    names = domain.copied_names
+    swapped = []
+    for example in examples:
+        head, _, request = example["prompt"][: -len(PROMPT_END)].rpartition("\n")
+        try:
+            statements = parse_program(example["completion"])
+        except ProgramError:
+            continue
+        values = sorted({value for name, args in statements[:-1] for key, value in args.items()
+                         if key in names.get(name, ()) and isinstance(value, str) and not isinstance(value, Ref)
+                         and value.strip()}, key=len, reverse=True)
+        spans = [(value, re.compile(rf"(?<!\w){re.escape(value)}(?!\w)", re.IGNORECASE)) for value in values]
+        spans = [(value, pattern) for value, pattern in spans if pattern.search(request)]
+        for _ in range(copies if spans else 0):
+            new_request, completion = request, example["completion"]
+            for value, pattern in spans:
+                found = pattern.search(new_request)
+                if found is None:  # inside a longer span already replaced
+                    continue
+                fresh = rng.sample(list(words), len(value.split()))
+                new_request = new_request[: found.start()] + _like(fresh, found.group()) + new_request[found.end():]
+                completion = completion.replace(json.dumps(value, ensure_ascii=False),
+                                                json.dumps(_like(fresh, value), ensure_ascii=False))
+            prompt = f"{head}\n{new_request}{PROMPT_END}" if head else f"{new_request}{PROMPT_END}"
+            swapped.append({"prompt": prompt, "completion": completion})
+    return swapped
+
+
+def with_name_swaps(examples: list[dict[str, str]], domain: Any, tokenizer: Any, copies: int,
+                    seed: int = 0) -> list[dict[str, str]]:
+    """``examples`` plus :func:`name_swapped_examples` of them, the made-up names drawn from the
+    words of ``tokenizer`` (the student's own) that no request of ``examples`` uses, so that no
+    made-up name holds a word such as "by" or "playlist" that shapes a request."""
+    from supertiny.errors import UserError
+
+    if not domain.copied_names:
+        raise UserError(f"--name-swaps: domain {domain.name!r} declares no copied_names (the lookup arguments "
+                        "that copy a name from the request); leave --name-swaps at 0")
+    used = {word for example in examples for word in re.findall(r"[a-z]+", example["prompt"].lower())}
+    words = made_up_words(tokenizer, used)
+    if len(words) < 100:
+        raise UserError(f"--name-swaps: the student's tokenizer has only {len(words)} whole words that no request "
+                        "uses, too few to make up names from; leave --name-swaps at 0")
+    return examples + name_swapped_examples(examples, domain, words, copies, seed)
 
 
 def trace_completions(store: Any, traces: Sequence[Any], format: str, domain: Any) -> dict[int, str]:

@@ -677,6 +677,10 @@ def student_train(dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
                       min=0, help="Checkpoint into --out every N steps (direct/program), so --resume can continue.")] = 0,
                   resume: Annotated[bool, typer.Option(
                       help="Continue from the last checkpoint in --out (written with --save-steps).")] = False,
+                  name_swaps: Annotated[int, typer.Option(
+                      min=0, help="--format program: N extra copies of each example whose lookups copy a name "
+                                  "(song, city, room) from the request, with the name made up, so the student "
+                                  "learns to copy names it has never seen.")] = 0,
                   as_json: JsonOpt = False) -> None:
     """Supervised fine-tuning (TRL SFTTrainer) of a direct-, program- or agent-mode student."""
     from supertiny.pipeline import train_and_register
@@ -686,6 +690,8 @@ def student_train(dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
     if format == "agent":
         from student.train_agent import train_agent_and_register
 
+        if name_swaps:
+            raise UserError("--name-swaps applies to --format program only (plans that look names up)")
         row = train_agent_and_register(store(), dataset_ref=dataset, base=base, out=out, mode=mode, epochs=epochs,
                                        max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size,
                                        max_length=max_length, bf16=bf16, lora_r=lora_r)
@@ -698,7 +704,8 @@ def student_train(dataset: Annotated[str, typer.Option(help="NAME or NAME@N.")],
         raise UserError(f"--resume: no checkpoint in {out} (train with --save-steps N to write them)")
     row = train_and_register(store(), dataset_ref=dataset, base=base, out=out, mode=mode, epochs=epochs,
                              max_steps=max_steps, learning_rate=learning_rate, batch_size=batch_size, bf16=bf16,
-                             format=format, lora_r=lora_r, save_steps=save_steps, resume=resume)
+                             format=format, lora_r=lora_r, save_steps=save_steps, resume=resume,
+                             name_swaps=name_swaps)
     emit([row.model_dump()], as_json=as_json, title="student", columns=["id", "name", "kind", "path", "params", "bytes"])
 
 

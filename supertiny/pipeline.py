@@ -34,20 +34,33 @@ def train_and_register(store: Store, *, dataset_ref: str, base: str, out: Path, 
                        epochs: float = 2.0, max_steps: int = -1, learning_rate: float | None = None,
                        batch_size: int = 8, seed: int = 0, kind: str = "student",
                        bf16: bool | None = None, lora_r: int = 16, format: str | None = None,
-                       save_steps: int = 0, resume: bool = False) -> ModelRow:
+                       save_steps: int = 0, resume: bool = False, name_swaps: int = 0) -> ModelRow:
     """SFT ``base`` on a dataset's direct-mode (or program-mode) pairs. ``kind="healed"`` when
     ``base`` is a pruned model being repaired on the data it will serve (its parent row is then
     the pruned model). ``bf16=None`` autocasts to bf16 exactly when the CPU has native bf16
     arithmetic. ``format=None``: the format ``base`` was trained in (a pruned student heals in
-    its own format), else direct."""
+    its own format), else direct. ``name_swaps``: program format only, that many extra copies of
+    each example whose lookups copy a name, with the name made up (:func:`student.program.name_swapped_examples`)."""
     from student.train import SFTRunConfig, cpu_has_fast_bf16, train_student
 
     if format is None:
         format = (inherited_field(base, "format") if Path(base).is_dir() else None) or "direct"
     if format not in ("direct", "program"):
         raise UserError(f"student train: --format must be 'direct' or 'program', not {format!r}")
+    if name_swaps and format != "program":
+        raise UserError(f"--name-swaps {name_swaps}: only for --format program (plans that look names up)")
     dataset = store.dataset(dataset_ref)
+    domain = store.domain(dataset.domain)
     examples = student_examples(store, f"{dataset.name}@{dataset.version}", format)
+    verified = len(examples)
+    if name_swaps:
+        from transformers import AutoTokenizer
+
+        from student.base import resolve_base_model
+        from student.program import with_name_swaps
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(base))
+        examples = with_name_swaps(examples, domain, tokenizer, name_swaps, seed)
     try:
         config = SFTRunConfig(base_model=base, output_dir=str(out), mode=mode, num_train_epochs=epochs,
                               max_steps=max_steps, per_device_train_batch_size=batch_size, seed=seed,
@@ -56,11 +69,12 @@ def train_and_register(store: Store, *, dataset_ref: str, base: str, out: Path, 
                               learning_rate=learning_rate or (5e-4 if mode == "lora" else 5e-5))
     except ValidationError as exc:
         raise _config_error(exc, "student train") from None
-    domain = store.domain(dataset.domain)
     # the student may only start its answer with these: DirectStudent constrains the name to them
     lineage = {"dataset": {"name": dataset.name, "version": dataset.version, "id": dataset.id},
                "database": str(store.path.resolve()), "format": format, "domain": domain.name,
                "function_names": sorted(first_names(domain, format))}
+    if name_swaps:
+        lineage["name_swaps"] = {"copies": name_swaps, "examples": verified, "made_up": len(examples) - verified}
     path = train_student(examples, config, lineage=lineage)
     manifest = read_manifest(path)
     parent = _parent_row(store, Path(manifest["parent"]), name=base)

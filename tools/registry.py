@@ -15,6 +15,9 @@ A domain is a plain Python module that defines ``DOMAIN = Domain(...)``:
   also reports intent accuracy, slot F1 and sentence accuracy.
 - ``values_from_request``: every string argument is a span of the request; direct-mode students
   then decode their quoted values as spans of it.
+- ``copied_names``: lookup arguments that copy a name out of the request, from an open set
+  (songs, cities, rooms): program-mode training can add copies of its examples with those
+  names made up (``student train --name-swaps N``).
 
 ``get_domain`` returns a built-in domain by name, or imports a module path or ``.py`` file.
 """
@@ -94,6 +97,9 @@ class Domain:
     # True when every string argument is a verbatim span of the user's request (SNIPS slots): a
     # direct-mode student then decodes its quoted values as spans of it (student/generate.py)
     values_from_request: bool = False
+    # lookup tool -> its arguments that copy a name from the request, e.g. {"find_city": ("name",)}:
+    # `student train --name-swaps N` makes up new names there (student/program.py)
+    copied_names: dict[str, tuple[str, ...]] = field(default_factory=dict)
     tools: list[BaseTool] = field(init=False)
     actions: list[BaseTool] = field(init=False)
 
@@ -139,6 +145,9 @@ def _home_domain() -> Domain:
         action_functions=functions.ACTION_FUNCTIONS,
         generate_tasks=tasks.generate_tasks,
         planner=HomePlannerChatModel,
+        # songs, artists, playlists, cities and rooms come from catalogs that grow; device types
+        # and time expressions are closed sets the student can learn whole
+        copied_names={"search_music": ("query",), "find_city": ("name",), "find_device": ("room",)},
     )
 
 

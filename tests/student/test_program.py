@@ -7,8 +7,10 @@ import pytest
 from tests.conftest import store_planner_traces
 from dataengine.curate import best_of_n, verify_traces
 from student.program import (
-    ProgramError, parse_program, program_examples, program_from_trace, run_program, tool_defaults_of,
+    ProgramError, made_up_words, name_swapped_examples, parse_program, program_examples, program_from_trace,
+    run_program, tool_defaults_of,
 )
+from student.tiny import train_tokenizer
 from tools.registry import get_domain
 
 HOME = get_domain("home")
@@ -114,3 +116,58 @@ def test_a_name_fills_the_argument_of_its_own_kind():
     assert run_program(parse_program('search_music(query="yellow", kind="song"); '
                                      'play_music(song=$1[0].name, artist=$1[0].artist)'), HOME, CONTEXT) == \
         {"name": "play_music", "arguments": {"song": "Yellow", "artist": "Coldplay"}}
+
+
+def _example(request, plan):
+    return {"prompt": f"now={CONTEXT['now']} weekday={CONTEXT['weekday']}\n{request}\n=>", "completion": " " + plan}
+
+
+def test_name_swaps_make_up_every_copied_name_in_the_request_and_the_plan_alike():
+    words = ["velvet", "orbit", "castle", "mirror", "harbor", "plume", "quartz", "meadow"]
+    examples = [
+        _example("Play Hey Jude by THE BEATLES please",
+                 'search_music(query="hey jude", kind="song"); search_music(query="the beatles", kind="artist"); '
+                 'play_music(song=$1[0].name, artist=$2[0].name)'),
+        _example("what's the weather in paris tomorrow",
+                 'find_city(name="paris"); resolve_datetime(expression="tomorrow", now=$now); '
+                 'get_weather(city=$1.city, date=$2.date)'),
+        # nothing copied from an open set: a time expression is not a name
+        _example("wake me up at 7", 'resolve_datetime(expression="at 7", now=$now); set_alarm(time=$1.datetime)'),
+        # the lookup corrected the spelling: "drems" is not in the request, so there is no span to swap
+        _example("play dreams", 'search_music(query="drems"); play_music(song=$1[0].name)'),
+    ]
+    swapped = name_swapped_examples(examples, HOME, words, copies=3, seed=0)
+    assert len(swapped) == 3 + 3  # the first two examples, three copies each
+
+    for example in swapped:
+        head, request = example["prompt"].removesuffix("\n=>").split("\n")
+        assert head == f"now={CONTEXT['now']} weekday={CONTEXT['weekday']}"  # the context is untouched
+        original = next(e for e in examples[:2] if len(parse_program(e["completion"])) == len(parse_program(example["completion"]))
+                        and parse_program(e["completion"])[-1][0] == parse_program(example["completion"])[-1][0])
+        new_plan, old_plan = parse_program(example["completion"]), parse_program(original["completion"])
+        for (name, args), (old_name, old_args) in zip(new_plan, old_plan):
+            assert name == old_name and args.keys() == old_args.keys()
+            for key, value in args.items():
+                if key in HOME.copied_names.get(name, ()):
+                    # a made-up name of as many words, copied verbatim (case aside) from the new request
+                    assert value != old_args[key] and len(value.split()) == len(old_args[key].split())
+                    assert set(value.split()) <= set(words) and value.lower() in request.lower()
+                else:
+                    assert value == old_args[key]  # kind="song", references, the time expression
+        if new_plan[-1][0] == "play_music":
+            song, artist = new_plan[0][1]["query"], new_plan[1][1]["query"]
+            # the request keeps its own words and its casing: Title Case and UPPER CASE stay so
+            assert request == f"Play {song.title()} by {artist.upper()} please"
+        else:
+            assert request == f"what's the weather in {new_plan[0][1]['name']} tomorrow"
+    # three different made-up names for the same example
+    assert len({e["prompt"] for e in swapped}) == 6
+
+
+def test_made_up_words_are_whole_lowercase_words_that_no_request_uses():
+    texts = ["play hey jude by the beatles", "a velvet orbit castle", "a Mirror HARBOR", "a x9 plume_quartz"] * 20
+    tokenizer = train_tokenizer(texts, vocab_size=600)
+    words = made_up_words(tokenizer, exclude={"play", "hey", "jude", "by", "the", "beatles"})
+    assert {"velvet", "orbit", "castle"} <= set(words)
+    assert not {"play", "jude", "beatles", "by"} & set(words)  # used by requests
+    assert all(w.isalpha() and w.islower() and len(w) >= 3 for w in words)  # no "Mirror", "x9", "plume_quartz"

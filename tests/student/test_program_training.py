@@ -12,7 +12,7 @@ from dataengine.verify import SCORER
 from student.dpo import self_pairs, teacher_pairs
 from student.grpo import answer_reward
 from student.manifest import read_manifest
-from student.program import completion_call
+from student.program import completion_call, parse_program
 from student.tiny import build_tiny_model
 from supertiny.errors import UserError
 from supertiny.pipeline import (
@@ -134,3 +134,30 @@ def test_student_train_json_is_the_registered_model_alone(program_store):
     assert result.exit_code == 0, result.output
     row = json.loads(result.stdout)[0]  # the trainer's log lines went to stderr
     assert row["path"] == str((root / "cli-sft").resolve()) and row["kind"] == "student"
+
+
+def test_name_swaps_train_on_the_verified_plans_plus_copies_with_made_up_names(program_store, tmp_path):
+    store, root, _ = program_store
+    examples = student_examples(store, "plans", "program")
+    # a base whose tokenizer knows whole words that no request uses: the material for made-up names
+    extra = [a + b + c for a in "bdfgkmprtvz" for b in "aeiou" for c in "bdgkmnprstx"][:150]
+    base = build_tiny_model(tmp_path / "base", [e["prompt"] + e["completion"] for e in examples] * 4
+                            + ["a " + " ".join(extra)] * 20, vocab_size=1536)
+    row = train_and_register(store, dataset_ref="plans", base=str(base), out=tmp_path / "swapped", max_steps=4,
+                             learning_rate=3e-3, bf16=False, format="program", name_swaps=2)
+    manifest = read_manifest(row.path)
+    swaps = manifest["lineage"]["name_swaps"]
+    assert swaps["copies"] == 2 and swaps["examples"] == len(examples)
+    domain = store.domain("home")
+    copying = [e for e in examples
+               if any(key in domain.copied_names.get(name, ()) and value.lower() in e["prompt"].lower()
+                      for name, args in parse_program(e["completion"])[:-1] for key, value in args.items())]
+    assert copying and swaps["made_up"] == 2 * len(copying)  # two copies of each plan that copies a name
+    assert manifest["train_examples"] == len(examples) + swaps["made_up"]
+
+
+def test_name_swaps_need_the_program_format(program_store, tmp_path):
+    store, root, _ = program_store
+    with pytest.raises(UserError, match="--name-swaps 1: only for --format program"):
+        train_and_register(store, dataset_ref="plans", base=str(root / "base"), out=tmp_path / "x", max_steps=1,
+                           bf16=False, format="direct", name_swaps=1)
