@@ -8,7 +8,6 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from dataengine.curate import best_of_n, verify_traces
-from dataengine.verify import SCORER
 from student.dpo import self_pairs, teacher_pairs
 from student.grpo import answer_reward
 from student.manifest import read_manifest
