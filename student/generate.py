@@ -7,6 +7,7 @@ so the model sees at inference the same token sequence it was trained to continu
 from __future__ import annotations
 
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
@@ -209,7 +210,7 @@ class DirectStudent:
         On a CPU, decoding is bound by reading the weights once per step, so a batch of 8 costs
         little more per step than one request. Each prediction's ``latency_ms`` is the batch's
         wall time: what every request in it waited. A program plan the tools reject falls back
-        to sampling (all the failed requests of the batch in one more generation).
+        to sampling (one more generation per failed request, seeded by the request).
         """
         start = time.perf_counter()
         prompts = [direct_prompt(text, context) for text, context in items]
@@ -225,19 +226,10 @@ class DirectStudent:
         failed = [i for i, call in enumerate(calls) if call is None and tokens[i] < self.max_new_tokens]
         if self.format == "program" and self.fallback_samples and failed:
             # The tools rejected these greedy plans (no such room, no such argument...): sample a
-            # few more per request, all in one generation, and keep the first the tools accept.
-            # A plan longer than the greedy one by more than a few tokens is babble: cap it.
-            cap = min(self.max_new_tokens, max(tokens[i] for i in failed) + 16)
-            retry = self.tokenizer([prompts[i] for i in failed], return_tensors="pt", padding=True)
-            # Seeded, without touching the caller's random state: the same requests get the same answers.
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(self.seed)
-                samples = self._generate([prompts[i] for i in failed], [prompt_lens[i] for i in failed], retry,
-                                         do_sample=True, max_new_tokens=cap)
-            k = self.fallback_samples
-            for j, i in enumerate(failed):
+            # few more per request and keep the first the tools accept.
+            for i in failed:
                 generations[i] = 2
-                for raw, n in samples[j * k:(j + 1) * k]:
+                for raw, n in self._sampled_plans(prompts[i], prompt_lens[i], tokens[i]):
                     tokens[i] += n
                     calls[i] = self._call(raw, items[i][1])
                     if calls[i] is not None:
@@ -247,6 +239,17 @@ class DirectStudent:
         return [Prediction(call=call, raw=raw, latency_ms=latency_ms, prompt_tokens=prompt_len,
                            completion_tokens=int(n), generations=g)
                 for call, raw, prompt_len, n, g in zip(calls, raws, prompt_lens, tokens, generations)]
+
+    def _sampled_plans(self, prompt: str, prompt_len: int, greedy_tokens: int) -> list[tuple[str, int]]:
+        """``fallback_samples`` sampled plans for one request, in one generation. Seeded by the
+        request itself, inside a forked RNG: the same request gets the same samples whatever else
+        shares its batch, and the caller's random state is untouched. A plan longer than the
+        greedy one by more than a few tokens is babble: capped there."""
+        inputs = self.tokenizer([prompt], return_tensors="pt")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.seed + zlib.crc32(prompt.encode("utf-8")))
+            return self._generate([prompt], [prompt_len], inputs, do_sample=True,
+                                  max_new_tokens=min(self.max_new_tokens, greedy_tokens + 16))
 
     def _generate(self, prompts: list[str], prompt_lens: list[int], inputs: Any, do_sample: bool,
                   max_new_tokens: int | None = None, requests: list[str] | None = None) -> list[tuple[str, int]]:

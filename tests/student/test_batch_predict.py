@@ -151,3 +151,16 @@ def test_healing_measures_a_model_dir_without_a_manifest_in_its_lineage_format(t
     assert measure_student(bare, PROGRAM_EXAMPLES, tasks, domain.compare, lineage=lineage, domain=domain) == \
         with_manifest
     assert measure_student(bare, PROGRAM_EXAMPLES, tasks, domain.compare)["exact_match"] == 0.0  # as direct calls
+
+
+def test_a_requests_sampled_retries_do_not_depend_on_what_else_shares_its_batch(trained_program_student):
+    unseen = [(t.input, t.context) for t in generate_tasks(seed=5, n_train=0, n_dev=0, n_test=6)]
+    student = DirectStudent(trained_program_student, fallback_samples=3)
+    greedy = DirectStudent(trained_program_student, fallback_samples=0).predict_batch(unseen)
+    assert sum(p.call is None for p in greedy) >= 2  # several retries in one batch
+    together = student.predict_batch(unseen)
+    reversed_batch = student.predict_batch(unseen[::-1])[::-1]
+    alone = [student.predict_batch([item])[0] for item in unseen]
+    for answers in (reversed_batch, alone):
+        assert [(p.raw, p.call, p.completion_tokens) for p in answers] == \
+               [(p.raw, p.call, p.completion_tokens) for p in together]
