@@ -156,6 +156,7 @@ def name_swapped_examples(examples: Sequence[dict[str, str]], domain: Any, words
     """
     rng = random.Random(seed)
     names = domain.copied_names
+    pool = list(words)
     swapped = []
     for example in examples:
         head, _, request = example["prompt"][: -len(PROMPT_END)].rpartition("\n")
@@ -174,7 +175,7 @@ def name_swapped_examples(examples: Sequence[dict[str, str]], domain: Any, words
                 found = pattern.search(new_request)
                 if found is None:  # inside a longer span already replaced
                     continue
-                fresh = rng.sample(list(words), len(value.split()))
+                fresh = rng.sample(pool, len(value.split()))
                 new_request = new_request[: found.start()] + _like(fresh, found.group()) + new_request[found.end():]
                 completion = completion.replace(json.dumps(value, ensure_ascii=False),
                                                 json.dumps(_like(fresh, value), ensure_ascii=False))
