@@ -1,5 +1,5 @@
 """Side-by-side benchmark of the compression stage: the original model, depth- and width-pruned,
-and each quantization method.
+and each quantization method (torch and ONNX Runtime).
 
     python bench/bench_compress.py                      # SmolLM2-135M-Instruct, ratio 0.8
     python bench/bench_compress.py --model DIR --ratio 0.7 --variants original,width,int8-weight
@@ -39,7 +39,7 @@ from compress.quantize import METHODS, QuantizeConfig, quantize  # noqa: E402
 from student.base import DEFAULT_BASE_MODEL, default_cache_dir, resolve_base_model  # noqa: E402
 from supertiny.errors import UserError  # noqa: E402
 
-VARIANTS = ("original", "depth", "width", *METHODS, "width+int8-weight")
+VARIANTS = ("original", "depth", "width", *METHODS, "width+int8-weight", "width+onnx-int8")
 
 
 def build_variants(model_dir: Path, work: Path, names: list[str], ratio: float, texts: list[str],

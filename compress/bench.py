@@ -91,6 +91,12 @@ def weight_bytes_per_token(model: Any) -> int:
     return total
 
 
+def _weight_bytes(model: Any) -> int:
+    from compress.onnx import OnnxCausalLM, weight_bytes_per_token as onnx_weight_bytes
+
+    return onnx_weight_bytes(model.path) if isinstance(model, OnnxCausalLM) else weight_bytes_per_token(model)
+
+
 def peak_rss_bytes() -> int:
     """This process's peak resident memory: ``VmHWM`` from /proc where there is one, because
     ``ru_maxrss`` survives fork + exec on Linux, so a child of a big parent reports the parent's peak."""
@@ -148,7 +154,7 @@ def bench_one(model_dir: str | Path, config: BenchConfig, prompts: list[str], fi
     peak_rss = peak_rss_bytes()  # before the bandwidth buffers
 
     bandwidth = memory_bandwidth(config.bandwidth_mib)
-    per_token = weight_bytes_per_token(model)
+    per_token = _weight_bytes(model)
     decode_s = statistics.median(decode)
     bound = bandwidth / per_token
     return {

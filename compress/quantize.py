@@ -25,13 +25,19 @@
     (round to nearest); kernel ``aten::_weight_int4pack_mm_for_cpu`` (tinygemm layout). Embedding
     and ``lm_head`` stay int8 as above (like llama.cpp's Q4 files keep them at higher precision).
 
+``onnx-int8`` / ``onnx-int4`` / ``onnx-fp32``
+    The model exported to ONNX Runtime (:mod:`compress.onnx`): int8 or int4 weights in blocks of
+    ``group_size`` inputs (``MatMulNBits``, int8 activations), or float32 weights for the runtime
+    alone. Served by :class:`compress.onnx.OnnxCausalLM`, whose per-step overhead is a fraction of
+    eager PyTorch's.
+
 Both weight-only kernels ship with torch (no torchao: its 0.18 int4 path needs the GPU ``mslk``
 package, and its int8 path calls the same aten op as ours). They need shapes the kernels
 accept (measured on torch 2.13: ``_weight_int8pack_mm`` returns garbage or crashes when
 ``in_features`` is not a multiple of 16); a Linear that does not fit stays in the next-best
 form and the manifest lists it.
 
-``auto`` builds all four, measures on held-out texts how much next-token accuracy each loses
+``auto`` builds every method but ``onnx-fp32``, measures on held-out texts how much next-token accuracy each loses
 against the float model, times greedy decoding, and keeps the fastest one within ``max_drop``.
 
 A quantized dir is not a ``save_pretrained`` directory: it holds ``config.json`` + tokenizer +
@@ -42,7 +48,9 @@ saved, without quantizing anything again.
 from __future__ import annotations
 
 import copy
+import shutil
 import statistics
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -55,13 +63,16 @@ from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GenerationConfig, PreTrainedModel
 
 from compress.measure import greedy_seconds, matmul_kernels, next_token_stats
+from compress.onnx import ONNX_METHODS, OnnxCausalLM, export_onnx, graph_ops, load_onnx
 from compress.prune import count_params
 from student.manifest import dir_bytes, read_manifest, write_manifest
 from supertiny.errors import UserError
 
 STATE_DICT_NAME = "quantized_state_dict.pt"
 FLOAT_LINEARS = ("mlp.down_proj",)  # kept in float by int8-dynamic: see quantize_linears
-METHODS = ("int8-dynamic", "int8-smooth", "int8-weight", "int4-weight")
+TORCH_METHODS = ("int8-dynamic", "int8-smooth", "int8-weight", "int4-weight")
+METHODS = TORCH_METHODS + ONNX_METHODS
+AUTO_METHODS = TORCH_METHODS + ("onnx-int8", "onnx-int4")  # onnx-fp32 is a yardstick, not a compression
 NEEDS_TEXTS = ("auto", "int8-smooth")  # measuring needs held-out texts; smoothing needs calibration texts
 LEGACY_METHODS = {"torch_dynamic_int8": "int8-dynamic"}  # manifests written before the methods had names
 INT8_K_MULTIPLE = 32  # in_features the int8 weight-only kernel gets right (16 measured; margin for other CPUs)
@@ -70,7 +81,8 @@ INT4_GROUP_SIZES = (32, 64, 128, 256)  # what _weight_int4pack_mm_for_cpu accept
 
 
 class QuantizeConfig(BaseModel):
-    method: Literal["auto", "int8-dynamic", "int8-smooth", "int8-weight", "int4-weight"] = Field(
+    method: Literal["auto", "int8-dynamic", "int8-smooth", "int8-weight", "int4-weight",
+                    "onnx-int8", "onnx-int4", "onnx-fp32"] = Field(
         "auto", description="auto: try every method, keep the fastest whose accuracy drop is within max_drop."
     )
     max_drop: float = Field(
@@ -78,7 +90,8 @@ class QuantizeConfig(BaseModel):
         description="auto: largest allowed drop in teacher-forced next-token accuracy on the held-out "
         "texts, float model minus quantized model (0.01 = one point); >= 0.",
     )
-    group_size: int = Field(32, description="int4-weight: inputs per scale/zero point; 32, 64, 128 or 256.")
+    group_size: int = Field(32, description="int4-weight and onnx-int8/int4: inputs per scale (and zero point); "
+                            "32, 64, 128 or 256.")
     smooth_alpha: float = Field(
         0.75, description="int8-smooth: migration strength, 0..1 (SmoothQuant's alpha). 0.75 kept the next-token "
         "accuracy of a pruned SmolLM2 student where 0.5 lost 1.2 points; 0.5 is the paper's default.")
@@ -483,7 +496,7 @@ def measure_methods(float_model: PreTrainedModel, variants: dict[str, PreTrained
     for name, model in models.items():  # warm-up (first-call allocations, int4 packing)
         batch = tokenizer([prompts[0]], return_tensors="pt", truncation=True, max_length=config.max_length)
         greedy_seconds(model, tokenizer, batch, 2)
-        kernels[name] = matmul_kernels(model, batch)
+        kernels[name] = onnx_kernels(model) if isinstance(model, OnnxCausalLM) else matmul_kernels(model, batch)
     for prompt in prompts:
         batch = tokenizer([prompt], return_tensors="pt", truncation=True, max_length=config.max_length)
         for name, model in models.items():
@@ -499,10 +512,16 @@ def measure_methods(float_model: PreTrainedModel, variants: dict[str, PreTrained
     return report
 
 
+def onnx_kernels(model: OnnxCausalLM) -> dict[str, int]:
+    """The matrix-multiply operators of an exported graph (``onnxruntime::MatMulNBits`` for int8/int4
+    weights, ``MatMul`` for float ones), named like :func:`matmul_kernels` names torch's."""
+    return {f"onnxruntime::{op}": n for op, n in graph_ops(model.path).items() if "MatMul" in op}
+
+
 def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig,
              texts: list[str] | None = None) -> dict[str, Any]:
-    """Quantize a (possibly pruned) model dir with ``config.method`` (or the best of all four
-    for ``auto``), save it with its measurements in the manifest, return the manifest.
+    """Quantize a (possibly pruned) model dir with ``config.method`` (or the best of
+    :data:`AUTO_METHODS` for ``auto``), save it with its measurements in the manifest, return the manifest.
 
     ``texts``: held-out texts for the accuracy and speed measurements (required for ``auto``;
     without them an explicit method is applied unmeasured). No method fits anything to them.
@@ -520,41 +539,44 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig,
     float_model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     params = count_params(float_model)  # counted before packing: packed weights are not Parameters
-    methods = list(METHODS) if config.method == "auto" else [config.method]
-    variants, formats = {}, {}
-    for method in methods:
-        # The last one may consume the float model; the others quantize a copy.
-        variants[method] = float_model if method == methods[-1] and not texts else copy.deepcopy(float_model)
-        if method == "int8-smooth":
-            smooth_activations(variants[method], tokenizer, smoothing_texts, config.smooth_alpha, config.max_length)
-        formats[method] = quantize_model(variants[method], method, config.group_size)
+    methods = list(AUTO_METHODS) if config.method == "auto" else [config.method]
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    # ONNX candidates are exported next to out_dir; only the kept one is moved into it.
+    with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-candidates-") as scratch:
+        variants, formats = {}, {}
+        for method in methods:
+            if method in ONNX_METHODS:
+                export_onnx(model_dir, Path(scratch) / method, method, config.group_size)
+                variants[method] = OnnxCausalLM(Path(scratch) / method, threads=config.threads)
+                formats[method] = {"onnx-graph": [f"{op} x{n}" for op, n in graph_ops(Path(scratch) / method).items()]}
+                continue
+            # The last one may consume the float model; the others quantize a copy.
+            variants[method] = float_model if method == methods[-1] and not texts else copy.deepcopy(float_model)
+            if method == "int8-smooth":
+                smooth_activations(variants[method], tokenizer, smoothing_texts, config.smooth_alpha, config.max_length)
+            formats[method] = quantize_model(variants[method], method, config.group_size)
 
-    measured: dict[str, dict[str, Any]] = {}
-    if texts:
-        threads = torch.get_num_threads()
-        torch.set_num_threads(config.threads or threads)
-        try:
-            measured = measure_methods(float_model, variants, tokenizer, texts, config)
-        finally:
-            torch.set_num_threads(threads)
-    chosen = methods[0]
-    if config.method == "auto":
-        within = [m for m in methods if measured[m]["accuracy_drop"] <= config.max_drop]
-        if not within:
-            drops = ", ".join(f"{m} {measured[m]['accuracy_drop']:.3f}" for m in methods)
-            raise UserError(f"quantize --max-drop {config.max_drop}: every method loses more accuracy ({drops}); "
-                            "raise --max-drop or keep the float model")
-        chosen = min(within, key=lambda m: measured[m]["decode_ms_per_token"])
-    model = variants[chosen]
+        measured: dict[str, dict[str, Any]] = {}
+        if texts:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(config.threads or threads)
+            try:
+                measured = measure_methods(float_model, variants, tokenizer, texts, config)
+            finally:
+                torch.set_num_threads(threads)
+        chosen = methods[0]
+        if config.method == "auto":
+            within = [m for m in methods if measured[m]["accuracy_drop"] <= config.max_drop]
+            if not within:
+                drops = ", ".join(f"{m} {measured[m]['accuracy_drop']:.3f}" for m in methods)
+                raise UserError(f"quantize --max-drop {config.max_drop}: every method loses more accuracy ({drops}); "
+                                "raise --max-drop or keep the float model")
+            chosen = min(within, key=lambda m: measured[m]["decode_ms_per_token"])
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    model.config.dtype = torch.float32  # what load_quantized must rebuild before swapping modules
-    model.config.save_pretrained(out_dir)
-    if model.generation_config is not None:
-        model.generation_config.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    # torch.save keeps storage sharing, so a tied table is written once.
-    torch.save(model.state_dict(), out_dir / STATE_DICT_NAME)
+        if chosen in ONNX_METHODS:
+            shutil.copytree(Path(scratch) / chosen, out_dir, dirs_exist_ok=True)
+        else:
+            _save_quantized(variants[chosen], tokenizer, out_dir)
     return write_manifest(
         out_dir,
         kind="quantized",
@@ -562,7 +584,8 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig,
         method=chosen,
         quantization={"method": chosen, "group_size": config.group_size,
                       **({"smooth_alpha": config.smooth_alpha, "smoothing_texts": len(smoothing_texts)}
-                         if chosen == "int8-smooth" else {})},
+                         if chosen == "int8-smooth" else {}),
+                      **({"runtime": "onnxruntime-genai"} if chosen in ONNX_METHODS else {})},
         config=config.model_dump(),
         quantized_modules=formats[chosen],
         kernels=measured.get(chosen, {}).get("kernels"),
@@ -571,6 +594,18 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig,
         params=params,
         bytes=dir_bytes(out_dir),
     )
+
+
+def _save_quantized(model: PreTrainedModel, tokenizer: Any, out_dir: Path) -> None:
+    """config + generation config + tokenizer + the quantized state dict, for :func:`load_quantized`."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.config.dtype = torch.float32  # what load_quantized must rebuild before swapping modules
+    model.config.save_pretrained(out_dir)
+    if model.generation_config is not None:
+        model.generation_config.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    # torch.save keeps storage sharing, so a tied table is written once.
+    torch.save(model.state_dict(), out_dir / STATE_DICT_NAME)
 
 
 def quantize_int8(model_dir: str | Path, out_dir: str | Path) -> dict[str, Any]:
@@ -582,12 +617,14 @@ def load_quantized(path: str | Path) -> tuple[PreTrainedModel, Any]:
     """Rebuild the architecture from config, swap in the same quantized modules (empty), load
     the saved weights as they are."""
     path = Path(path)
-    weights = path / STATE_DICT_NAME
-    if not weights.is_file() or not (path / "config.json").is_file():
-        raise UserError(f"{path}: no quantized model here (needs config.json and {STATE_DICT_NAME}); run quantize first")
     manifest = read_manifest(path)
     method = (manifest.get("quantization") or {}).get("method") or manifest.get("method") or "int8-dynamic"
     method = LEGACY_METHODS.get(method, method)
+    if method in ONNX_METHODS:
+        return load_onnx(path)
+    weights = path / STATE_DICT_NAME
+    if not weights.is_file() or not (path / "config.json").is_file():
+        raise UserError(f"{path}: no quantized model here (needs config.json and {STATE_DICT_NAME}); run quantize first")
     if method not in METHODS:
         raise UserError(f"{path}/supertiny_manifest.json: unknown quantization method {method!r}; "
                         f"expected one of {', '.join(METHODS)}")

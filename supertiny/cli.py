@@ -893,8 +893,9 @@ def compress_heal(model_dir: Path, dataset: Annotated[str, typer.Option(help="NA
 @compress_app.command("quantize")
 def compress_quantize(model_dir: Path, out: Annotated[Path, typer.Option()],
                       method: Annotated[str, typer.Option(
-                          help="auto | int8-dynamic | int8-smooth | int8-weight | int4-weight. auto: measure all four, keep the "
-                               "fastest within --max-drop.")] = "auto",
+                          help="auto | int8-dynamic | int8-smooth | int8-weight | int4-weight | onnx-int8 | onnx-int4 | "
+                               "onnx-fp32 (ONNX Runtime; fp32: the runtime alone). auto: measure all but onnx-fp32, "
+                               "keep the fastest within --max-drop.")] = "auto",
                       max_drop: Annotated[float, typer.Option(
                           help="auto: largest allowed drop in next-token accuracy vs the float model.")] = 0.01,
                       calibration_dataset: Annotated[Optional[str], typer.Option(
@@ -903,7 +904,8 @@ def compress_quantize(model_dir: Path, out: Annotated[Path, typer.Option()],
                           help="torch threads while timing the methods (default: one per core); use the count "
                                "the model will serve with.")] = None,
                       as_json: JsonOpt = False) -> None:
-    """Quantize the linear layers (int8 dynamic, int8 or int4 weight-only); auto keeps the fastest within budget."""
+    """Quantize the linear layers (int8 dynamic, int8 or int4 weight-only, in torch or exported to ONNX
+    Runtime); auto keeps the fastest within budget."""
     from student.manifest import read_manifest
     from supertiny.pipeline import quantize_and_register
 

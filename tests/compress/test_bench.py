@@ -1,4 +1,5 @@
-"""``supertiny compress bench`` on two real tiny models (float and int8 weight-only): every field
+"""``supertiny compress bench`` on real tiny models (float, int8 weight-only in torch and in ONNX
+Runtime): every field
 comes back with a sane type and sign. Timings are measured, never asserted."""
 from __future__ import annotations
 
@@ -23,19 +24,20 @@ POSITIVE = ("bytes_on_disk", "weight_bytes_per_token", "peak_rss_bytes", "baseli
 
 
 @pytest.fixture(scope="module")
-def two_models(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+def bench_dirs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     root = tmp_path_factory.mktemp("bench")
     base = build_tiny_model(root / "float", TEXTS, hidden_size=64, num_layers=2)
     quantize(base, root / "int8w", QuantizeConfig(method="int8-weight"))
-    return [base, root / "int8w"]
+    quantize(base, root / "onnx-int8", QuantizeConfig(method="onnx-int8"))
+    return [base, root / "int8w", root / "onnx-int8"]
 
 
-def test_bench_reports_every_field_for_each_model(two_models: list[Path]) -> None:
-    result = CliRunner().invoke(app, ["compress", "bench", *map(str, two_models), "--new-tokens", "3", "--prompts", "2",
+def test_bench_reports_every_field_for_each_model(bench_dirs: list[Path]) -> None:
+    result = CliRunner().invoke(app, ["compress", "bench", *map(str, bench_dirs), "--new-tokens", "3", "--prompts", "2",
                                       "--repeats", "1", "--batch-size", "2", "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert [Path(r["model"]) for r in rows] == two_models
+    assert [Path(r["model"]) for r in rows] == bench_dirs
     for row in rows:
         for field in POSITIVE:
             assert isinstance(row[field], (int, float)) and row[field] > 0, field
@@ -44,29 +46,31 @@ def test_bench_reports_every_field_for_each_model(two_models: list[Path]) -> Non
         assert row["latency_ms_p95"] >= row["latency_ms_p50"] and row["batch_size"] == 2
         assert 0 <= row["top1_agreement_with_first"] <= 1 and 0 <= row["generation_agreement_with_first"] <= 1
         assert 0 <= row["next_token_accuracy"] <= 1 and row["model_rss_bytes"] >= 0
-    first, second = rows
+    first, *quantized = rows
     assert first["top1_agreement_with_first"] == 1.0 and first["generation_agreement_with_first"] == 1.0
     assert all(value == 1.0 for value in first["relative_to_first"].values())
-    assert second["kind"] == "quantized" and second["params"] == first["params"]
-    # int8 weights (and one shared int8 table) read fewer bytes per token than float32.
-    assert second["weight_bytes_per_token"] < first["weight_bytes_per_token"] / 2
-    assert second["relative_to_first"]["bytes_on_disk"] < 1
+    for row in quantized:
+        assert row["kind"] == "quantized" and row["params"] == first["params"]
+        # int8 weights (torch: one shared int8 table; ONNX: MatMulNBits blocks, the embedding a
+        # lookup) read fewer bytes per token than float32.
+        assert row["weight_bytes_per_token"] < first["weight_bytes_per_token"] / 2
+        assert row["relative_to_first"]["bytes_on_disk"] < 1
 
 
-def test_bench_rejects_bad_input(two_models: list[Path], tmp_path: Path) -> None:
+def test_bench_rejects_bad_input(bench_dirs: list[Path], tmp_path: Path) -> None:
     with pytest.raises(UserError, match="no config.json"):
-        bench_models([two_models[0], tmp_path], BenchConfig())
+        bench_models([bench_dirs[0], tmp_path], BenchConfig())
     with pytest.raises(UserError, match="new_tokens"):
-        bench_models(two_models, BenchConfig(new_tokens=1))
+        bench_models(bench_dirs, BenchConfig(new_tokens=1))
 
 
-def test_timed_generation_does_exactly_n_tokens_even_when_the_model_says_eos(two_models: list[Path]) -> None:
+def test_timed_generation_does_exactly_n_tokens_even_when_the_model_says_eos(bench_dirs: list[Path]) -> None:
     """Every model must do the same work per timed run: make the model's first greedy token its
     EOS, and the timed generation still produces all N tokens (a normal generate stops at 1)."""
     from compress.measure import greedy_seconds
     from student.generate import load_model
 
-    model, tokenizer = load_model(two_models[0])
+    model, tokenizer = load_model(bench_dirs[0])
     batch = tokenizer([TEXTS[0]], return_tensors="pt")
     first = int(greedy_seconds(model, tokenizer, batch, 1)[1][0, 0])
     model.generation_config.eos_token_id = first

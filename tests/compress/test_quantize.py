@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from compress.measure import next_token_stats
 from compress.prune import PruneConfig, prune_depth
-from compress.quantize import (METHODS, STATE_DICT_NAME, Int8WeightLinear, QuantizeConfig, load_quantized, quantize,
+from compress.quantize import (AUTO_METHODS, STATE_DICT_NAME, TORCH_METHODS, Int8WeightLinear, QuantizeConfig,
+                               load_quantized, quantize,
                                quantize_int8, quantize_linears, quantize_model, quantize_smooth, smooth_activations)
 from dataengine.store import Store
 from student.format import direct_prompt
@@ -129,7 +130,8 @@ def test_missing_path_is_a_user_error(tmp_path: Path) -> None:
 
 KERNEL = {"int8-dynamic": "quantized::linear_dynamic", "int8-smooth": "quantized::linear_dynamic",
           "int8-weight": "aten::_weight_int8pack_mm",
-          "int4-weight": "aten::_weight_int4pack_mm_for_cpu"}
+          "int4-weight": "aten::_weight_int4pack_mm_for_cpu",
+          "onnx-int8": "onnxruntime::MatMulNBits", "onnx-int4": "onnxruntime::MatMulNBits"}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -145,12 +147,12 @@ def one_thread():
 def saved(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Each method applied without measurements (no texts; int8-smooth smooths with them) and saved."""
     out = tmp_path_factory.mktemp("methods")
-    for method in METHODS:
+    for method in TORCH_METHODS:
         quantize(tiny_dir, out / method, QuantizeConfig(method=method), TEXTS if method == "int8-smooth" else None)
-    return {method: out / method for method in METHODS}
+    return {method: out / method for method in TORCH_METHODS}
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", TORCH_METHODS)
 def test_round_trip_gives_the_outputs_of_before_saving(tiny_dir: Path, saved: dict[str, Path], method: str) -> None:
     before = AutoModelForCausalLM.from_pretrained(tiny_dir, dtype=torch.float32).eval()
     after, tokenizer = load_model(saved[method])
@@ -171,7 +173,7 @@ CLOSE = {"int8-dynamic": (0.06, 0.9), "int8-smooth": (0.06, 0.9), "int8-weight":
          "int4-weight": (0.3, 0.6)}
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", TORCH_METHODS)
 def test_quantized_stays_close_to_float(tiny_dir: Path, saved: dict[str, Path], method: str) -> None:
     model_fp32 = AutoModelForCausalLM.from_pretrained(tiny_dir).eval()
     model_q, tokenizer = load_quantized(saved[method])
@@ -185,7 +187,7 @@ def test_quantized_stays_close_to_float(tiny_dir: Path, saved: dict[str, Path], 
 
 
 def test_weight_only_methods_share_one_int8_table_and_shrink_the_file(saved: dict[str, Path]) -> None:
-    sizes = {m: (saved[m] / STATE_DICT_NAME).stat().st_size for m in METHODS}
+    sizes = {m: (saved[m] / STATE_DICT_NAME).stat().st_size for m in TORCH_METHODS}
     for method in ("int8-weight", "int4-weight"):
         model, _ = load_quantized(saved[method])
         assert isinstance(model.lm_head, Int8WeightLinear)
@@ -200,10 +202,10 @@ def test_auto_keeps_the_fastest_method_within_the_budget(tiny_dir: Path, tmp_pat
     manifest = quantize(tiny_dir, tmp_path / "auto", config, TEXTS)
     assert manifest["config"]["threads"] == 2 and torch.get_num_threads() == 1  # timed at 2, then restored
     measured = manifest["measured"]
-    assert set(measured) == {"float32", *METHODS}
-    within = [m for m in METHODS if measured[m]["accuracy_drop"] <= 0.5]
+    assert set(measured) == {"float32", *AUTO_METHODS}
+    within = [m for m in AUTO_METHODS if measured[m]["accuracy_drop"] <= 0.5]
     assert manifest["method"] == min(within, key=lambda m: measured[m]["decode_ms_per_token"])
-    for method in METHODS:
+    for method in AUTO_METHODS:
         # Each method really ran its kernel, and the float model only aten::mm.
         assert KERNEL[method] in measured[method]["kernels"]
         assert measured[method]["decode_ms_per_token"] > 0 and 0 <= measured[method]["agreement"] <= 1

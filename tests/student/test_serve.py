@@ -227,13 +227,15 @@ def test_a_pruned_healed_quantized_student_serves_what_it_answers_in_process(tmp
                                                    output_dir=str(tmp_path / "healed"), learning_rate=3e-3,
                                                    max_steps=60, warmup_ratio=0.0, bf16=False))
     quantize(tmp_path / "healed", tmp_path / "int8w", QuantizeConfig(method="int8-weight"))
+    quantize(tmp_path / "healed", tmp_path / "onnx-int8", QuantizeConfig(method="onnx-int8"))
 
     request = "turn on the kitchen light"
     expected = DirectStudent(student).predict(request, {"now": NOW}).call
-    in_process = DirectStudent(tmp_path / "int8w").predict(request, {"now": NOW}).call
-    with StudentServer(tmp_path / "int8w", port=0, api_key=KEY, name="lights-int8w") as server:
-        switch = [t for t in DOMAIN.actions if t.name == "switch"]
-        message = chat(server).bind_tools(DOMAIN.tools + switch).invoke([HumanMessage(TEACHER_REQUEST)])
-    call, = message.tool_calls
-    assert {"name": call["name"], "arguments": call["args"]} == in_process == expected
     assert expected["name"] == "switch"
+    for name in ("int8w", "onnx-int8"):  # torch's int8 kernels, and the model exported to ONNX Runtime
+        in_process = DirectStudent(tmp_path / name).predict(request, {"now": NOW}).call
+        with StudentServer(tmp_path / name, port=0, api_key=KEY, name=f"lights-{name}") as server:
+            switch = [t for t in DOMAIN.actions if t.name == "switch"]
+            message = chat(server).bind_tools(DOMAIN.tools + switch).invoke([HumanMessage(TEACHER_REQUEST)])
+        call, = message.tool_calls
+        assert {"name": call["name"], "arguments": call["args"]} == in_process == expected, name
