@@ -95,10 +95,11 @@ def weight_bytes_per_token(path: str | Path) -> int:
     graph = onnx.load(str(Path(path) / GRAPH_NAME), load_external_data=False).graph
     looked_up = {node.input[0] for node in graph.node if node.op_type == "Gather"}
     read_by_other = {name for node in graph.node if node.op_type != "Gather" for name in node.input}
+    skipped = (looked_up - read_by_other) | {init.name for init in graph.initializer
+                                             if init.name.endswith(("cos_cache", "sin_cache"))}
     total = 0
     for init in graph.initializer:
-        if init.name in looked_up and init.name not in read_by_other or "cos_cache" in init.name \
-                or "sin_cache" in init.name:
+        if init.name in skipped:
             continue
         external = {entry.key: entry.value for entry in init.external_data}
         if "length" in external:

@@ -19,8 +19,13 @@ def _config_error(exc: ValidationError, where: str) -> UserError:
 
 
 def require_model_dir(model_dir: Path) -> None:
+    """A directory of float weights: what pruning, quantizing and every kind of training start from."""
     if not (Path(model_dir) / "config.json").is_file():
         raise UserError(f"model path not found: {model_dir} (expected a model directory with config.json)")
+    manifest = read_manifest(model_dir)
+    if manifest.get("kind") == "quantized":
+        raise UserError(f"{model_dir}: a quantized model ({manifest.get('method')}) has no float weights to "
+                        f"prune, quantize or train; pass the directory it was made from: {manifest.get('parent')}")
 
 
 def _parent_row(store: Store, model_dir: Path, name: str, kind: str = "base") -> ModelRow:

@@ -150,3 +150,20 @@ def test_export_errors_are_one_line_and_write_nothing(tiny_dirs, tmp_path: Path)
     assert "\n" not in str(error.value)
     with pytest.raises(UserError, match="unknown ONNX method"):
         export_onnx(tiny_dirs["plain"], tmp_path / "out2", "onnx-int3")
+
+
+def test_a_quantized_dir_is_refused_where_float_weights_are_needed(exported, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from supertiny.cli import app
+
+    onnx_dir = exported["plain", "onnx-int8"]
+    db = str(tmp_path / "st.db")
+    for args in (["compress", "prune", str(onnx_dir), "--out", str(tmp_path / "p")],
+                 ["compress", "quantize", str(onnx_dir), "--out", str(tmp_path / "q"), "--method", "int8-weight"]):
+        result = CliRunner().invoke(app, ["--db", db, *args])
+        assert result.exit_code != 0
+        message = str(result.exception) if result.exception else result.output
+        assert "a quantized model (onnx-int8) has no float weights" in message and "\n" not in message.strip()
+        assert str(read_manifest(onnx_dir)["parent"]) in message
+    assert not (tmp_path / "p").exists() and not (tmp_path / "q").exists()
