@@ -150,8 +150,10 @@ def bench_one(model_dir: str | Path, config: BenchConfig, prompts: list[str], fi
     requests = [prompts[i % len(prompts)] for i in range(config.batch_size)]
     for _ in range(config.repeats):
         batched.append(greedy_seconds(model, tokenizer, batch_of(requests), config.new_tokens)[0])
+    # Peak RAM of loading and generating, before the fidelity pass (an ONNX dir opens a second
+    # session for teacher-forced logits, which serving never does) and the bandwidth buffers.
+    peak_rss = peak_rss_bytes()
     predictions, accuracy = _argmax_tokens(model, tokenizer, fidelity_texts)
-    peak_rss = peak_rss_bytes()  # before the bandwidth buffers
 
     bandwidth = memory_bandwidth(config.bandwidth_mib)
     per_token = _weight_bytes(model)
