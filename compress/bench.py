@@ -145,7 +145,8 @@ def bench_one(model_dir: str | Path, config: BenchConfig, prompts: list[str], fi
             # Per token after the first: the same prompt's N-token run minus its 1-token run.
             decode.append(max(seconds - first_token[-1], 1e-9) / (config.new_tokens - 1))
             if rep == 0:
-                outputs.append(tokens[0].tolist())
+                # As token strings: a vocabulary-trimmed model numbers the same tokens differently.
+                outputs.append(tokenizer.convert_ids_to_tokens(tokens[0].tolist()))
     batched = []
     requests = [prompts[i % len(prompts)] for i in range(config.batch_size)]
     for _ in range(config.repeats):
@@ -189,14 +190,15 @@ def bench_one(model_dir: str | Path, config: BenchConfig, prompts: list[str], fi
 
 
 @torch.inference_mode()
-def _argmax_tokens(model: Any, tokenizer: Any, texts: list[str]) -> tuple[list[int], float]:
+def _argmax_tokens(model: Any, tokenizer: Any, texts: list[str]) -> tuple[list[str], float]:
     """Teacher-forced argmax at every token, one text at a time (no padding: positions line up
-    across models), and the share that equals the text's own next token."""
+    across models), as token strings (ids differ after vocabulary trimming), and the share that
+    equals the text's own next token."""
     preds, correct, count = [], 0, 0
     for text in texts:
         ids = tokenizer([text], return_tensors="pt", truncation=True, max_length=128)
         pred = model(**ids).logits[0].argmax(-1)
-        preds.extend(pred.tolist())
+        preds.extend(tokenizer.convert_ids_to_tokens(pred.tolist()))
         correct += int((pred[:-1] == ids["input_ids"][0, 1:]).sum())
         count += ids["input_ids"].shape[1] - 1
     return preds, correct / max(count, 1)
@@ -241,10 +243,12 @@ def bench_models(model_dirs: list[str | Path], config: BenchConfig, texts: list[
 
     base = rows[0]
     for row in rows:
-        same_vocab = len(row["_argmax_tokens"]) == len(base["_argmax_tokens"])
+        # Positions line up when both tokenized the texts into as many tokens (a trimmed
+        # vocabulary splits the words it dropped into more pieces).
+        aligned = len(row["_argmax_tokens"]) == len(base["_argmax_tokens"])
         row["top1_agreement_with_first"] = (
             sum(a == b for a, b in zip(row["_argmax_tokens"], base["_argmax_tokens"])) / max(len(base["_argmax_tokens"]), 1)
-            if same_vocab else None)
+            if aligned else None)
         row["generation_agreement_with_first"] = _prefix_agreement(base["_greedy_tokens"], row["_greedy_tokens"])
         row["relative_to_first"] = {
             "params": row["params"] / base["params"] if row["params"] and base["params"] else None,

@@ -78,3 +78,33 @@ def test_timed_generation_does_exactly_n_tokens_even_when_the_model_says_eos(ben
     assert stopped.shape[1] - batch["input_ids"].shape[1] == 1  # the premise: this model would stop at once
     seconds, tokens = greedy_seconds(model, tokenizer, batch, 6)
     assert tokens.shape == (1, 6) and int(tokens[0, 0]) == first and seconds > 0
+
+
+def test_a_vocabulary_trimmed_model_is_compared_by_token_not_by_id(tmp_path: Path) -> None:
+    """Trimming renumbers the kept tokens. A model whose every dropped token scores 0 (its
+    tied embedding row zeroed, so its argmax is always a kept token) and its trimmed copy compute
+    the same scores over the same tokens: full agreement, although most ids differ."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from compress.vocab import kept_token_ids, trim_vocabulary
+
+    base = build_tiny_model(tmp_path / "base", TEXTS * 3 + ["the quick brown fox jumps over the lazy dog"] * 3,
+                            hidden_size=64, num_layers=2)
+    model, tokenizer = AutoModelForCausalLM.from_pretrained(base), AutoTokenizer.from_pretrained(base)
+    size = 40
+    kept = kept_token_ids(tokenizer, TEXTS, size, also={tokenizer.eos_token_id, tokenizer.pad_token_id})
+    dropped = sorted(set(range(len(tokenizer))) - set(kept))
+    assert len(dropped) > 10
+    with torch.no_grad():
+        model.get_input_embeddings().weight[dropped] = 0.0
+    model.save_pretrained(base)
+    trimmed, trimmed_tokenizer, removed = trim_vocabulary(model, tokenizer, TEXTS, size)
+    assert removed["after"] == len(kept)
+    trimmed.save_pretrained(tmp_path / "trimmed")
+    trimmed_tokenizer.save_pretrained(tmp_path / "trimmed")
+
+    rows = bench_models([base, tmp_path / "trimmed"], BenchConfig(new_tokens=4, prompts=2, repeats=1, batch_size=2,
+                                                                  fidelity_texts=3), TEXTS)
+    assert rows[1]["top1_agreement_with_first"] == 1.0
+    assert rows[1]["generation_agreement_with_first"] == 1.0
