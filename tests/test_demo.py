@@ -1,4 +1,5 @@
 """``supertiny demo --quick``: the whole chain, as CI exercises it."""
+import json
 import os
 import sqlite3
 import subprocess
@@ -34,4 +35,5 @@ def test_quick_demo_runs_every_stage_and_records_lineage(tmp_path):
     # samples more), fewer than the teacher's calls, and a small fraction of the teacher's tokens
     assert 1 <= metrics["student"][2] <= 2 and metrics["student"][2] < metrics["teacher"][2]
     assert metrics["student"][1] < metrics["teacher"][1] / 10
-    assert (out / "quick" / "compressed" / "supertiny_manifest.json").is_file()
+    manifest = json.loads((out / "quick" / "compressed" / "supertiny_manifest.json").read_text())
+    assert manifest["method"] == "onnx-int8" and (out / "quick" / "compressed" / "model.onnx").is_file()
