@@ -153,20 +153,26 @@ class OnnxCausalLM:
         return torch.from_numpy(np.asarray(generator.get_logits(), dtype=np.float32).reshape(-1).copy())
 
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                 max_new_tokens: int = 20, pad_token_id: int | None = None, eos_token_id: int | None = None,
+                 max_new_tokens: int = 20, pad_token_id: int | None = None, eos_token_id: Any = "config",
                  logits_processor: Any = None, stopping_criteria: Any = None, do_sample: bool = False,
                  temperature: float = 1.0, top_k: int | None = None, num_return_sequences: int = 1,
                  return_dict_in_generate: bool = False, output_scores: bool = False, output_logits: bool = False,
                  **unused: Any) -> Any:
         """Prompt + new tokens per row, left-padded rows as given, finished rows padded with
         ``pad_token_id`` (the shape and contents ``transformers`` returns); with
-        ``return_dict_in_generate`` its output object, ``scores``/``logits`` per step as asked."""
+        ``return_dict_in_generate`` its output object, ``scores``/``logits`` per step as asked.
+        As in ``transformers``, EOS defaults to the generation config's, and an explicit
+        ``eos_token_id=None`` decodes exactly ``max_new_tokens``."""
+        if eos_token_id == "config":
+            eos_token_id = self.generation_config.eos_token_id
+        eos_ids = torch.tensor([] if eos_token_id is None else
+                               [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), dtype=torch.long)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         if num_return_sequences > 1:
             input_ids = input_ids.repeat_interleave(num_return_sequences, dim=0)
             attention_mask = attention_mask.repeat_interleave(num_return_sequences, dim=0)
-        pad = pad_token_id if pad_token_id is not None else (eos_token_id if eos_token_id is not None else 0)
+        pad = pad_token_id if pad_token_id is not None else (int(eos_ids[0]) if len(eos_ids) else 0)
         top_k = top_k if top_k is not None else self.generation_config.top_k
         rows = input_ids.shape[0]
         generators = [self._start(input_ids[row][attention_mask[row].bool()].tolist(), max_new_tokens)
@@ -193,8 +199,7 @@ class OnnxCausalLM:
             score_steps.append(scores)
             tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
             sequences = torch.cat([sequences, tokens[:, None]], dim=1)
-            if eos_token_id is not None:
-                unfinished &= tokens != eos_token_id
+            unfinished &= ~torch.isin(tokens, eos_ids)
             if stopping_criteria is not None:
                 unfinished &= ~stopping_criteria(sequences, scores)
             if not unfinished.any() or step == max_new_tokens - 1:

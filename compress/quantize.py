@@ -37,8 +37,9 @@ accept (measured on torch 2.13: ``_weight_int8pack_mm`` returns garbage or crash
 ``in_features`` is not a multiple of 16); a Linear that does not fit stays in the next-best
 form and the manifest lists it.
 
-``auto`` builds every method but ``onnx-fp32``, measures on held-out texts how much next-token accuracy each loses
-against the float model, times greedy decoding, and keeps the fastest one within ``max_drop``.
+``auto`` builds every method but ``onnx-fp32``, measures on held-out texts how much next-token
+accuracy each loses against the float model, times greedy decoding, and keeps the fastest one
+within ``max_drop``.
 
 A quantized dir is not a ``save_pretrained`` directory: it holds ``config.json`` + tokenizer +
 ``quantized_state_dict.pt`` (plain tensors, loaded with ``weights_only=True``) and the method in
@@ -521,7 +522,8 @@ def onnx_kernels(model: OnnxCausalLM) -> dict[str, int]:
 def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig,
              texts: list[str] | None = None) -> dict[str, Any]:
     """Quantize a (possibly pruned) model dir with ``config.method`` (or the best of
-    :data:`AUTO_METHODS` for ``auto``), save it with its measurements in the manifest, return the manifest.
+    :data:`AUTO_METHODS` for ``auto``), save it with its measurements in the manifest, return
+    the manifest.
 
     ``texts``: held-out texts for the accuracy and speed measurements (required for ``auto``;
     without them an explicit method is applied unmeasured). No method fits anything to them.
@@ -541,7 +543,7 @@ def quantize(model_dir: str | Path, out_dir: str | Path, config: QuantizeConfig,
     params = count_params(float_model)  # counted before packing: packed weights are not Parameters
     methods = list(AUTO_METHODS) if config.method == "auto" else [config.method]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    # ONNX candidates are exported next to out_dir; only the kept one is moved into it.
+    # ONNX candidates are exported next to out_dir; only the kept one is copied into it.
     with tempfile.TemporaryDirectory(dir=out_dir.parent, prefix=f".{out_dir.name}-candidates-") as scratch:
         variants, formats = {}, {}
         for method in methods:
