@@ -172,28 +172,31 @@ def plot_accuracy(points: list[dict[str, Any]], x: str, path: Path, title: str) 
     ax.set_ylabel(f"{metric} (%)")
     ax.set_title(f"{metric} vs {'size' if x == 'size' else 'latency'} · {title}", fontsize=10)
     ax.grid(True, which="major", alpha=0.3)
+    line_labels = []  # the reference lines' own labels: the points' labels keep clear of them too
     for p in points:
         if p[key] is None:  # no size: its accuracy as a reference line
             ax.axhline(100 * p["accuracy"], color="tab:gray", linestyle="--", linewidth=1)
-            ax.annotate(f"{p['label']} (size not measured)", (0.01, 100 * p["accuracy"]),
-                        xycoords=("axes fraction", "data"), xytext=(0, 4), textcoords="offset points", fontsize=8,
-                        color="tab:gray")
+            line_labels.append(ax.annotate(f"{p['label']} (size not measured)", (0.01, 100 * p["accuracy"]),
+                                           xycoords=("axes fraction", "data"), xytext=(0, 4),
+                                           textcoords="offset points", fontsize=8, color="tab:gray"))
     ax.scatter(xs, [100 * p["accuracy"] for p in placed], s=60, color="tab:blue", zorder=3, clip_on=False)
     labels = [(f"{p['label']} ({p['mb']:,.0f} MB)" if x == "size" else f"{p['label']} ({p['latency_ms']:,.0f} ms)",
                (p[key], 100 * p["accuracy"])) for p in placed]
-    _place_labels(ax, canvas.get_renderer(), labels)
+    renderer = canvas.get_renderer()
+    _place_labels(ax, renderer, labels, [label.get_window_extent(renderer) for label in line_labels])
     figure.savefig(path)
     return True
 
 
-def _place_labels(ax: Any, renderer: Any, labels: list[tuple[str, tuple[float, float]]]) -> None:
+def _place_labels(ax: Any, renderer: Any, labels: list[tuple[str, tuple[float, float]]],
+                  taken_boxes: list[Any] = ()) -> None:
     """Each label beside its point, on the first side (right above, right below, left above, left
     below; then the same a line and two lines further out, with a leader line) where it overlaps
-    no other label or point and stays inside the axes."""
+    no other label, point or ``taken_boxes`` (display coordinates) and stays inside the axes."""
     from matplotlib.transforms import Bbox
 
     points = [ax.transData.transform(at) for _, at in labels]
-    taken = [Bbox.from_extents(px - 6, py - 6, px + 6, py + 6) for px, py in points]
+    taken = [Bbox.from_extents(px - 6, py - 6, px + 6, py + 6) for px, py in points] + list(taken_boxes)
     sides = [((dx, dy), "left" if dx > 0 else "right") for up, down in ((5, -14), (18, -27), (31, -40))
              for dx in (7, -7) for dy in (up, down)]
     for text, at in labels:
