@@ -185,7 +185,8 @@ class OnnxCausalLM:
             logits = [self._last_logits(g) if alive else None for g, alive in zip(generators, unfinished.tolist())]
             vocab = vocab or next(x.numel() for x in logits if x is not None)
             scores = torch.stack([x if x is not None else torch.zeros(vocab) for x in logits])
-            raw_steps.append(scores.clone())
+            if output_logits:  # a copy per step only when asked: this is the decode loop
+                raw_steps.append(scores.clone())
             if logits_processor is not None:
                 scores = logits_processor(sequences, scores)
             if do_sample:
@@ -196,7 +197,8 @@ class OnnxCausalLM:
                 tokens = torch.multinomial(torch.softmax(scores, dim=-1), 1).squeeze(1)
             else:
                 tokens = scores.argmax(dim=-1)
-            score_steps.append(scores)
+            if output_scores:
+                score_steps.append(scores)
             tokens = torch.where(unfinished, tokens, torch.full_like(tokens, pad))
             sequences = torch.cat([sequences, tokens[:, None]], dim=1)
             unfinished &= ~torch.isin(tokens, eos_ids)
