@@ -59,7 +59,8 @@ class PruneConfig(BaseModel):
     remove_kv_groups: Optional[int] = Field(
         None,
         description="Width: key/value groups (each with its query heads) removed per layer. None: try every "
-        "count that fits the budget and keep the one with the lowest calibration loss.",
+        "count that fits the budget and keep the one with the lowest loss (on the calibration examples' "
+        "completions when given, else on the calibration texts).",
     )
     channel_multiple: int = Field(
         32, description="Width: kept MLP channels per layer are a multiple of this (SIMD- and int4-group-friendly); >= 1."
@@ -170,9 +171,12 @@ def prune(
     config: PruneConfig,
     calibration_texts: list[str],
     vocabulary_texts: list[str] | None = None,
+    calibration_examples: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Vocabulary trimming (``config.vocab_size``, keeping every token of ``vocabulary_texts``),
-    then depth and/or width pruning to a parameter budget; saves a loadable model dir + manifest."""
+    then depth and/or width pruning to a parameter budget; saves a loadable model dir + manifest.
+    ``calibration_examples`` (prompt/completion pairs, the first ``calibration_samples`` used):
+    width compares its candidate cuts on their completion loss instead of the texts' loss."""
     model_dir, out_dir = Path(model_dir), Path(out_dir)
     if not 0.0 < config.target_param_ratio <= 1.0:
         raise UserError(f"target_param_ratio={config.target_param_ratio}: must be in (0, 1], e.g. 0.8")
@@ -236,7 +240,8 @@ def prune(
     # Width: thin the remaining layers to the full budget (importance measured after depth).
     if config.method in ("width", "both") and count_params(model) > budget:
         model, width = prune_width(model, tokenizer, texts, target_params=budget, max_length=config.max_length,
-                                   channel_multiple=config.channel_multiple, remove_kv_groups=config.remove_kv_groups)
+                                   channel_multiple=config.channel_multiple, remove_kv_groups=config.remove_kv_groups,
+                                   examples=(calibration_examples or [])[: config.calibration_samples])
     if added_pad:
         tokenizer.pad_token = None  # calibration-only; the saved tokenizer stays as it was
     params_after = count_params(model)

@@ -456,6 +456,11 @@ def completion_loss(model_dir: str | Path, examples: list[dict[str, str]]) -> fl
 
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    return model_completion_loss(model, tokenizer, examples)
+
+
+def model_completion_loss(model: Any, tokenizer: Any, examples: list[dict[str, str]]) -> float:
+    """:func:`completion_loss` of a model already in memory (e.g. a pruning candidate)."""
     total, tokens = 0.0, 0
     with torch.inference_mode():
         for example in examples:

@@ -829,7 +829,7 @@ def compress_prune(model_dir: Path, out: Annotated[Path, typer.Option()],
                             "layer; both: half the budget each way.")] = "depth",
                    kv_groups: Annotated[Optional[int], typer.Option(
                        "--kv-groups", help="Width: key/value groups removed per layer (default: the count "
-                                           "with the lowest calibration loss).")] = None,
+                                           "with the lowest loss on the calibration dataset's completions).")] = None,
                    calibration_dataset: Annotated[Optional[str], typer.Option(help="Dataset whose prompts calibrate.")] = None,
                    vocab: Annotated[Optional[int], typer.Option(
                        "--vocab", help="First trim the vocabulary to about N tokens: every token of the "

@@ -171,6 +171,7 @@ def test_cli_prune_with_vocab_keeps_the_datasets_tokens_and_needs_a_dataset(tiny
     manifest = read_manifest(tmp_path / "v")
     assert row["removed"]["vocabulary"] == f"1024 -> {manifest['vocabulary']['after']} tokens"
     assert manifest["vocabulary"]["from_texts"] == len(TASKS)  # every pair of the dataset, not the 64 calibration ones
+    assert manifest["width"]["calibration_loss_on"] == "completions of 64 examples"  # the dataset's pairs
     assert store.model_by_path(str((tmp_path / "v").resolve())).name.endswith("vocab-width-pruned0.7")
     new_tok = AutoTokenizer.from_pretrained(tmp_path / "v")
     assert all(new_tok.decode(new_tok(text)["input_ids"]) == text for text in ALL_TEXTS)

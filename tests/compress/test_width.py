@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 from compress.prune import PruneConfig, count_params, prune
 from compress.width import removable_group_counts
 from dataengine.store import Store
-from student.format import direct_prompt
+from student.distill import completion_loss
+from student.format import direct_completion, direct_prompt
 from student.manifest import read_manifest
 from student.tiny import train_tokenizer
 from supertiny.cli import app
@@ -175,6 +176,26 @@ def test_generate_after_save_load_and_auto_split(arch_base: tuple[str, Path], tm
         uncached = model.generate(**batch, use_cache=False, **kwargs)
     assert cached.shape[1] == batch["input_ids"].shape[1] + 5
     assert torch.equal(cached, uncached)
+
+
+def test_with_examples_the_candidates_are_compared_on_their_completion_loss(tmp_path: Path) -> None:
+    base = build(tmp_path / "base", "llama")
+    examples = [{"prompt": direct_prompt(t.input, t.context), "completion": direct_completion(t.gold)}
+                for t in generate_tasks(seed=1, n_train=6, n_dev=0, n_test=0)]
+    config = PruneConfig(method="width", target_param_ratio=0.8, channel_multiple=8, calibration_samples=4)
+    manifest = prune(base, tmp_path / "w", config, TEXTS, calibration_examples=examples)
+    width = manifest["width"]
+    assert width["calibration_loss_on"] == "completions of 4 examples"  # calibration_samples caps them too
+    assert len(width["candidates"]) == 2
+    best = min(width["candidates"], key=lambda c: c["calibration_loss"])
+    assert width["key_value_groups"]["after"] == best["key_value_groups"]
+    # The recorded loss is the saved model's own completion loss on those examples, and the
+    # unpruned model's is the "before"; neither is the next-token loss over the whole texts.
+    assert completion_loss(tmp_path / "w", examples[:4]) == pytest.approx(best["calibration_loss"], rel=1e-4)
+    assert completion_loss(base, examples[:4]) == pytest.approx(width["calibration_loss_before"], rel=1e-4)
+    on_texts = prune(base, tmp_path / "t", config, TEXTS)["width"]
+    assert on_texts["calibration_loss_on"] == "4 calibration texts"
+    assert on_texts["calibration_loss_before"] != pytest.approx(width["calibration_loss_before"], rel=1e-3)
 
 
 def test_both_drops_layers_then_thins_the_rest(tmp_path: Path) -> None:
