@@ -149,8 +149,8 @@ def prune_and_register(store: Store, *, model_dir: Path, out: Path, ratio: float
     # --vocab keeps every token of the whole dataset; calibration takes the first texts of it
     texts = calibration_texts(store, calibration_dataset, limit=None if vocab_size else 64, format=format)
     # A dataset's pairs also say where each completion starts: width candidates are compared on
-    # the completion loss, what the student is trained and judged on.
-    examples = student_examples(store, calibration_dataset, format)[:64] if calibration_dataset else None
+    # the completion loss, what the student is trained and judged on (prune takes the first ones).
+    examples = student_examples(store, calibration_dataset, format) if calibration_dataset else None
     manifest = prune(model_dir, out, config, texts, texts if vocab_size else None, calibration_examples=examples)
     parent = _parent_row(store, Path(model_dir), name=Path(model_dir).name, kind=read_manifest(model_dir).get("kind", "base"))
     size = f"{target_params}p" if target_params is not None else f"{ratio:g}"
