@@ -114,6 +114,11 @@ def dataset_prompts(store: Store, dataset_ref: str, model_dir: str | Path) -> li
     return prompts
 
 
+def pair_texts(examples: list[dict[str, str]]) -> list[str]:
+    """Each prompt/completion pair as the one text the model reads."""
+    return [ex["prompt"] + ex["completion"] for ex in examples]
+
+
 def calibration_texts(store: Store, dataset_ref: str | None, limit: int | None = 64,
                       format: str = "direct") -> list[str]:
     """Prompts the model will really see: a dataset's pairs in the model's format, else stored
@@ -121,7 +126,7 @@ def calibration_texts(store: Store, dataset_ref: str | None, limit: int | None =
     from student.format import direct_prompt
 
     if dataset_ref:
-        return [ex["prompt"] + ex["completion"] for ex in student_examples(store, dataset_ref, format)[:limit]]
+        return pair_texts(student_examples(store, dataset_ref, format)[:limit])
     texts = [direct_prompt(t.input, t.context) for t in store.tasks(split="train", limit=limit)]
     if not texts:
         raise UserError("no calibration texts: pass --calibration-dataset or generate tasks first")
@@ -146,11 +151,12 @@ def prune_and_register(store: Store, *, model_dir: Path, out: Path, ratio: float
     if vocab_size is not None and not calibration_dataset:
         raise UserError("--vocab keeps every token of a dataset: pass --calibration-dataset NAME too")
     format = inherited_field(model_dir, "format") or "direct"  # calibrate on text in the model's own format
-    # --vocab keeps every token of the whole dataset; calibration takes the first texts of it
-    texts = calibration_texts(store, calibration_dataset, limit=None if vocab_size else 64, format=format)
     # A dataset's pairs also say where each completion starts: width candidates are compared on
     # the completion loss, what the student is trained and judged on (prune takes the first ones).
     examples = student_examples(store, calibration_dataset, format) if calibration_dataset else None
+    # --vocab keeps every token of the whole dataset; calibration takes the first texts of it
+    texts = (pair_texts(examples[:None if vocab_size else 64]) if examples is not None
+             else calibration_texts(store, None, format=format))
     manifest = prune(model_dir, out, config, texts, texts if vocab_size else None, calibration_examples=examples)
     parent = _parent_row(store, Path(model_dir), name=Path(model_dir).name, kind=read_manifest(model_dir).get("kind", "base"))
     size = f"{target_params}p" if target_params is not None else f"{ratio:g}"
